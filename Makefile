@@ -1,0 +1,30 @@
+# The two commands a newcomer needs:  make demo   and   make test
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: demo test venv bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(VENV)/bin/vigil demo
+
+test: venv
+	scripts/test
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy .
+
+bench: venv
+	$(PY) bench/ingest.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,122 @@
+"""The one time-series store interface, served by InfluxDB and by the embedded file store.
+
+Ingest writes through it; the API reads through it. Both implementations pass the same
+contract suite (tests/test_store_contract.py).
+
+Invariants:
+- ``write`` returns only once the readings are durable (a 2xx from InfluxDB, or a
+  committed transaction), so ingest may acknowledge the messages afterwards;
+- a reading is identified by (site, device, metric, ts_ms): writing it again replaces it,
+  so at-least-once delivery leaves no duplicates;
+- numeric values are stored as floats, booleans as booleans, strings as strings;
+- all times are epoch milliseconds; ranges are half-open ``[start_ms, end_ms)``;
+- a failure raises ``StoreError``; ``retryable`` says whether the same write may succeed
+  later (outage, overload) or never will (the data itself was refused).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from wire import Status, StatusTopic, Telemetry, TelemetryTopic
+
+
+class StoreError(Exception):
+    """A store operation failed; ``retryable`` tells ingest whether to back off and retry."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that could not be stored, kept with the reason a person can read."""
+
+    received_ms: int
+    topic: str
+    payload: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSeen:
+    """A device as last seen on the bus (until the asset ledger exists)."""
+
+    site: str
+    device: str
+    agent: str
+    last_seen_ms: int  # the newest edge timestamp stored for it
+
+
+@dataclass(frozen=True, slots=True)
+class AgentState:
+    """An agent's last status message."""
+
+    site: str
+    agent: str
+    state: str  # "online" | "offline"
+    ts_ms: int
+    boot: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One step of a series: aggregates of the numeric readings in [ts_ms, ts_ms + step)."""
+
+    ts_ms: int
+    mean: float
+    min: float
+    max: float
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class RawReading:
+    ts_ms: int
+    value: float | bool | str
+    quality: str  # "good" | "uncertain" | "bad"
+
+
+class Store(Protocol):
+    # -- writes (ingest) ------------------------------------------------------------
+    def write(self, batch: Sequence[tuple[TelemetryTopic, Telemetry]]) -> None:
+        """Store every reading of every message and update the devices seen; durable on return."""
+
+    def write_status(self, topic: StatusTopic, status: Status) -> None:
+        """Record an agent's status message (birth, graceful offline, or last will)."""
+
+    def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        """Keep messages that could not be stored, with their reasons."""
+
+    # -- reads (API) ----------------------------------------------------------------
+    def devices(self) -> list[DeviceSeen]:
+        """Every device ever stored, with the agent it last came through."""
+
+    def agents(self) -> list[AgentState]:
+        """The latest status of every agent that has sent one."""
+
+    def metrics(self, site: str, device: str) -> list[str]:
+        """The metric names stored for a device, sorted; empty if the device is unknown."""
+
+    def series(
+        self, site: str, device: str, metric: str, start_ms: int, end_ms: int, step_ms: int
+    ) -> list[Bucket]:
+        """Mean/min/max/count per step over numeric readings, only steps that have data,
+        ascending; bucket boundaries are multiples of ``step_ms`` since the epoch."""
+
+    def readings(
+        self, site: str, device: str, metric: str, start_ms: int, end_ms: int, limit: int
+    ) -> list[RawReading]:
+        """The stored readings themselves, ascending by time, at most ``limit``."""
+
+    def dead_letters(self, limit: int) -> list[DeadLetter]:
+        """The newest dead letters first, at most ``limit``."""
+
+    def ping(self) -> None:
+        """Raise StoreError if the store cannot be reached."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,131 @@
+"""Versioned JSON payloads of the Vigil bus, decoded strictly.
+
+Invariants:
+- ``decode_*`` either returns a typed, validated value or raises ``WireError`` whose
+  message names the field and the problem (msgspec's JSON path, e.g. ``$.readings[3].ts_ms``);
+  no other exception escapes, whatever bytes arrive;
+- ``decode_x(encode(m)) == m`` for every valid message ``m``;
+- timestamps are epoch milliseconds set at the edge when a reading is measured. Ingest
+  never re-stamps them, so a redelivered reading lands on the same stored point;
+- numeric values are finite floats (ints in JSON are accepted and become floats), so a
+  metric never changes field type between an integer and a float reading in the store.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Final, Literal, TypeVar
+
+import msgspec
+
+from wire.errors import WireError
+
+VERSION: Final = 1
+MAX_PAYLOAD_BYTES: Final = 1 << 20
+MAX_READINGS: Final = 10_000
+# 2001-09-09 .. 2286-11-20: anything outside is a clock that was never set, or garbage.
+MIN_TS_MS: Final = 1_000_000_000_000
+MAX_TS_MS: Final = 9_999_999_999_999
+METRIC_PATTERN: Final = r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$"
+
+TsMs = Annotated[int, msgspec.Meta(ge=MIN_TS_MS, le=MAX_TS_MS)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+MetricName = Annotated[str, msgspec.Meta(pattern=METRIC_PATTERN)]
+Unit = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+Text = Annotated[str, msgspec.Meta(max_length=1024)]
+Kind = Annotated[str, msgspec.Meta(pattern=METRIC_PATTERN)]
+Value = float | bool | Text
+Quality = Literal["good", "uncertain", "bad"]
+Severity = Literal["info", "warning", "minor", "major", "critical"]
+AgentState = Literal["online", "offline"]
+
+
+class Reading(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """One measurement: when (edge clock), what, the value, and how much to trust it."""
+
+    ts_ms: TsMs
+    metric: MetricName
+    value: Value
+    unit: Unit | None = None
+    quality: Quality = "good"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.value, float) and not math.isfinite(self.value):
+            raise ValueError(f"value of {self.metric!r} must be finite, got {self.value}")
+
+
+class Telemetry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A batch of readings of one device, numbered by the agent's publish sequence."""
+
+    v: Literal[1]
+    seq: Seq
+    readings: Annotated[tuple[Reading, ...], msgspec.Meta(min_length=1, max_length=MAX_READINGS)]
+
+
+class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Something that happened at a device: door forced, fire alarm, tamper."""
+
+    v: Literal[1]
+    seq: Seq
+    ts_ms: TsMs
+    kind: Kind
+    severity: Severity
+    message: Text = ""
+    data: Annotated[dict[MetricName, Value], msgspec.Meta(max_length=64)] = {}
+
+
+class Status(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """An agent's retained presence. ``boot`` grows on every agent start (Sparkplug's bdSeq),
+    so a restart is visible even when no offline message was seen in between. An offline
+    status sent as the last will carries the ``ts_ms`` of the connect that armed it."""
+
+    v: Literal[1]
+    state: AgentState
+    ts_ms: TsMs
+    boot: Seq = 0
+    reason: Text = ""
+
+
+Message = Telemetry | Event | Status
+M = TypeVar("M", Telemetry, Event, Status)
+
+_ENCODER: Final = msgspec.json.Encoder()
+_DECODERS: Final[dict[type[Message], msgspec.json.Decoder[Message]]] = {
+    Telemetry: msgspec.json.Decoder(Telemetry),
+    Event: msgspec.json.Decoder(Event),
+    Status: msgspec.json.Decoder(Status),
+}
+
+
+def encode(message: Message) -> bytes:
+    """Serialise a payload to its JSON bytes."""
+    return _ENCODER.encode(message)
+
+
+def decode(kind: type[M], payload: bytes) -> M:
+    """Decode ``payload`` as ``kind``; raise WireError naming what is wrong."""
+    name = kind.__name__.lower()
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise WireError(f"{name} payload must be bytes, got {type(payload).__name__}")
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise WireError(f"{name} payload is {len(payload)} bytes, over the {MAX_PAYLOAD_BYTES} limit")
+    try:
+        return _DECODERS[kind].decode(payload)  # type: ignore[return-value]
+    except msgspec.ValidationError as e:
+        raise WireError(f"invalid {name}: {e}") from None
+    except msgspec.DecodeError as e:
+        raise WireError(f"{name} payload is not valid JSON: {e}") from None
+    except RecursionError:
+        raise WireError(f"{name} payload is nested too deeply") from None
+
+
+def decode_telemetry(payload: bytes) -> Telemetry:
+    return decode(Telemetry, payload)
+
+
+def decode_event(payload: bytes) -> Event:
+    return decode(Event, payload)
+
+
+def decode_status(payload: bytes) -> Status:
+    return decode(Status, payload)
