@@ -1,1 +1,1 @@
-"""Vigil simulators."""
+"""Vigil simulators: device models and a fleet of edge agents that publish them."""

@@ -30,10 +30,15 @@ METRIC_PATTERN: Final = r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$"
 
 TsMs = Annotated[int, msgspec.Meta(ge=MIN_TS_MS, le=MAX_TS_MS)]
 Seq = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
-MetricName = Annotated[str, msgspec.Meta(pattern=METRIC_PATTERN)]
+# msgspec checks a pattern with Python's re.search, whose `$` also matches before a final
+# newline, so "temp\n" passed as a metric name (a line-protocol hazard). `\Z` is the true
+# end of text. METRIC_PATTERN keeps `$` for pydantic users: its Rust engine has no `\Z`,
+# and its `$` is already strict.
+_METRIC_STRICT: Final = METRIC_PATTERN.removesuffix("$") + r"\Z"
+MetricName = Annotated[str, msgspec.Meta(pattern=_METRIC_STRICT)]
 Unit = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
 Text = Annotated[str, msgspec.Meta(max_length=1024)]
-Kind = Annotated[str, msgspec.Meta(pattern=METRIC_PATTERN)]
+Kind = Annotated[str, msgspec.Meta(pattern=_METRIC_STRICT)]
 Value = float | bool | Text
 Quality = Literal["good", "uncertain", "bad"]
 Severity = Literal["info", "warning", "minor", "major", "critical"]

@@ -1,0 +1,68 @@
+"""The FastAPI application, built by ``create_app`` — nothing is created at import time.
+
+Invariants:
+- ``create_app(settings, store)`` is the only way an app is made; ``vigil api``, the demo
+  and the tests all call it, so they serve the same routes and error handling;
+- the store reaches handlers through the lifespan state (``api.deps.StoreDep``). A store
+  passed in belongs to the caller and is not closed; a store opened here from
+  ``settings.store`` is closed at shutdown, even if startup fails after opening it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from api import errors
+from api.routers import agents, dead_letters, devices, health
+from api.settings import ApiSettings
+from ingest.store import Store, open_store
+
+log = logging.getLogger(__name__)
+
+TAGS: list[dict[str, Any]] = [
+    {"name": "health", "description": "Whether the API and its store are up."},
+    {"name": "devices", "description": "Devices seen on the bus, their presence and their readings."},
+    {"name": "agents", "description": "Edge agents and their latest status message."},
+    {"name": "dead letters", "description": "Messages that could not be stored, with the reason."},
+]
+
+
+def create_app(settings: ApiSettings, store: Store | None = None) -> FastAPI:
+    """The API app reading ``store``, or the store of ``settings.store`` opened at startup."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        if store is not None:
+            yield {"store": store, "settings": settings}
+            return
+        # Opening may touch disk or the network; keep it off the event loop.
+        opened = await run_in_threadpool(open_store, settings.store)
+        log.info("api: store opened (%s)", settings.store.influx_url or settings.store.path)
+        try:
+            yield {"store": opened, "settings": settings}
+        finally:
+            await run_in_threadpool(opened.close)
+
+    app = FastAPI(
+        title="Vigil API",
+        version="1",
+        summary="Devices, agents, readings and dead letters of the Vigil bus.",
+        description=(
+            "Times in requests: epoch milliseconds or ISO-8601 with an offset. Times in replies: "
+            '`*_ms` epoch milliseconds plus ISO-8601 UTC. Every error is `{"detail": "..."}`: '
+            "422 for a bad parameter, 404 for an unknown device or metric, 503 when the store "
+            "does not answer."
+        ),
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    for module in (health, devices, agents, dead_letters):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,1 @@
+"""Benchmarks: each prints figures, its last line one JSON object."""

@@ -1,0 +1,227 @@
+"""Ingest throughput and latency: simulated publishers → Mosquitto → one `vigil ingest` → InfluxDB.
+
+Starts its own Mosquitto (tuned as deploy/ will be: inflight window, queue, TCP_NODELAY)
+and its own InfluxDB 1.6.7 behind nginx (as the tests do), runs one ingest process, and
+offers a steady load from publisher processes that stamp every reading with the time
+they publish it. Reports:
+
+- readings_per_s: readings durably written per second by ingest over the steady window;
+- p50_s / p99_s: from a reading's edge timestamp to its write being acknowledged by
+  InfluxDB (from then on it is queryable), as ingest measures it;
+- stored vs published: counted in InfluxDB at the end, so a lost reading shows;
+- CPU% (of one core) and RSS of every process.
+
+The last line printed is one JSON object of the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.services import free_port, start_influx, start_mosquitto  # noqa: E402
+from wire import MqttSettings  # noqa: E402
+from wire.mqtt import make_client  # noqa: E402
+from wire.topics import TelemetryTopic  # noqa: E402
+
+SITE = "bench"
+
+
+def publisher(idx: int, port: int, devices: list[str], metrics: int, samples: int, msg_rate: float,
+              duration_s: float, start_at: float, result: Any) -> None:
+    """Publish ``msg_rate`` messages/s of ``metrics x samples`` readings, round-robin over devices."""
+    client = make_client(MqttSettings(port=port), f"bench-pub-{idx}", max_inflight=1000)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    topics = [TelemetryTopic(SITE, f"gw{idx}", d).format() for d in devices]
+    names = [f"m{k}" for k in range(metrics)]
+    last_ts = dict.fromkeys(devices, 0)
+    while time.time() < start_at:
+        time.sleep(0.01)
+    sent_msgs = sent = seq = 0
+    t0 = time.time()
+    while True:
+        now = time.time()
+        if now - t0 >= duration_s:
+            break
+        due = int((now - t0) * msg_rate) - sent_msgs
+        for _ in range(due):
+            i = sent_msgs % len(devices)
+            dev = devices[i]
+            now_ms = int(time.time() * 1000)
+            first = max(now_ms - samples + 1, last_ts[dev] + 1)
+            last_ts[dev] = first + samples - 1
+            parts = [
+                f'{{"ts_ms":{first + s},"metric":"{n}","value":{(seq + s + k) % 1000 / 10}}}'
+                for s in range(samples) for k, n in enumerate(names)
+            ]
+            payload = f'{{"v":1,"seq":{seq},"readings":[{",".join(parts)}]}}'.encode()
+            client.publish(topics[i], payload, qos=1)
+            seq += 1
+            sent_msgs += 1
+            sent += samples * metrics
+        time.sleep(0.002)
+    # Wait for the broker to have acknowledged everything we published.
+    deadline = time.time() + 60
+    while client._out_messages and time.time() < deadline:  # paho keeps unacked QoS 1 here
+        time.sleep(0.05)
+    client.disconnect()
+    client.loop_stop()
+    result[idx] = sent
+
+
+class Sampler:
+    """CPU seconds and RSS of a process over the steady window."""
+
+    def __init__(self, pid: int) -> None:
+        self.proc = psutil.Process(pid)
+        self.cpu0 = 0.0
+        self.rss_max = 0
+
+    def _cpu(self) -> float:
+        t = self.proc.cpu_times()
+        return float(t.user + t.system + getattr(t, "children_user", 0) + getattr(t, "children_system", 0))
+
+    def begin(self) -> None:
+        self.cpu0 = self._cpu()
+
+    def sample(self) -> None:
+        self.rss_max = max(self.rss_max, self.proc.memory_info().rss)
+
+    def end(self, wall_s: float) -> tuple[float, float]:
+        return 100 * (self._cpu() - self.cpu0) / wall_s, self.rss_max / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rate", type=float, default=50_000, help="offered readings/s (default 50000)")
+    ap.add_argument("--duration", type=float, default=20, help="seconds of steady load (default 20)")
+    ap.add_argument("--warmup", type=float, default=3, help="seconds before the window starts (default 3)")
+    ap.add_argument("--publishers", type=int, default=2, help="publisher processes (default 2)")
+    ap.add_argument("--devices", type=int, default=200, help="devices in all (default 200)")
+    ap.add_argument("--metrics", type=int, default=10, help="metrics per device (default 10)")
+    ap.add_argument("--samples", type=int, default=10,
+                    help="samples per metric in one message; readings/message = metrics x samples")
+    ap.add_argument("--inflight", type=int, default=100,
+                    help="broker inflight window per client = ingest batch_max_messages (default 100)")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="vigil-bench-"))
+    influx, stop_influx = start_influx(tmp / "influx")
+    mq_port = free_port()
+    _host, _port, stop_mosquitto, mosq_pid = start_mosquitto(tmp / "mosquitto", [
+        f"max_inflight_messages {args.inflight}",
+        "max_queued_messages 1000000",
+        "set_tcp_nodelay true",
+    ], port=mq_port)
+    influx.create_database("bench")
+    env = {
+        **os.environ,
+        "VIGIL_INGEST_MQTT__PORT": str(mq_port),
+        "VIGIL_INGEST_STORE__INFLUX_URL": influx.url,
+        "VIGIL_INGEST_STORE__INFLUX_BUCKET": "bench",
+        "VIGIL_INGEST_CLIENT_ID": "bench-ingest",
+        "VIGIL_INGEST_BATCH_MAX_MESSAGES": str(args.inflight),
+        "VIGIL_INGEST_STATS_INTERVAL_S": "1",
+    }
+    ingest = subprocess.Popen([str(ROOT / ".venv/bin/vigil"), "ingest"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stats: list[tuple[float, dict[str, float]]] = []
+
+    def read_stats() -> None:
+        assert ingest.stderr is not None
+        for line in ingest.stderr:
+            if "ingest stats " in line:
+                stats.append((time.time(), json.loads(line.split("ingest stats ", 1)[1])))
+            elif "ERROR" in line or "Traceback" in line:
+                print("ingest:", line.rstrip(), file=sys.stderr)
+
+    reader = threading.Thread(target=read_stats, daemon=True)
+    reader.start()
+    time.sleep(2)
+
+    per_pub = args.devices // args.publishers
+    readings_per_msg = args.metrics * args.samples
+    msg_rate = args.rate / readings_per_msg / args.publishers
+    total_s = args.warmup + args.duration
+    manager = mp.Manager()
+    result = manager.dict()
+    start_at = time.time() + 1
+    pubs = [mp.Process(target=publisher, args=(
+        i, mq_port, [f"dev-{i}-{d:04d}" for d in range(per_pub)], args.metrics, args.samples, msg_rate,
+        total_s, start_at, result)) for i in range(args.publishers)]
+    for p in pubs:
+        p.start()
+    samplers = {"ingest": [Sampler(ingest.pid)], "mosquitto": [Sampler(mosq_pid)],
+                "influxd": [Sampler(influx.influxd_pid)], "publishers": [Sampler(p.pid or 0) for p in pubs]}
+    time.sleep(start_at - time.time() + args.warmup)
+    t1 = time.time()
+    for group in samplers.values():
+        for s in group:
+            s.begin()
+    while time.time() - t1 < args.duration:
+        time.sleep(0.5)
+        for group in samplers.values():
+            for s in group:
+                s.sample()
+    t2 = time.time()
+    cpu: dict[str, float] = {}
+    rss: dict[str, float] = {}
+    for name, group in samplers.items():
+        figures = [s.end(t2 - t1) for s in group]
+        cpu[name] = sum(f[0] for f in figures)
+        rss[name] = sum(f[1] for f in figures)
+    # Ingest logs cumulative counters every second; rate over the entries inside the window.
+    window = [(t, s["readings"]) for t, s in stats if t1 <= t <= t2]
+    (ta, ra), (tb, rb) = window[0], window[-1]
+    for p in pubs:
+        p.join()
+    published = sum(result.values())
+    # Let ingest finish what the broker holds, then count what InfluxDB has.
+    deadline = time.time() + 60
+    while time.time() < deadline and stats[-1][1]["readings"] < published:
+        time.sleep(0.5)
+    ingest.send_signal(signal.SIGINT)
+    ingest.wait(30)
+    reader.join(5)
+    final = stats[-1][1]
+    counted = influx.query('SELECT count("value") FROM /^m[0-9]+$/', db="bench")
+    stored = sum(s["values"][0][1] for r in counted["results"] for s in r.get("series", []))
+    stop_mosquitto()
+    stop_influx()
+
+    figures = {
+        "offered_readings_per_s": args.rate,
+        "readings_per_s": round((rb - ra) / (tb - ta), 1),
+        "p50_s": final["latency_p50_s"],
+        "p99_s": final["latency_p99_s"],
+        "published_readings": published,
+        "stored_readings": stored,
+        "lost_readings": published - stored,
+        "dead_letters": final["dead_letters"],
+        "readings_per_message": readings_per_msg,
+        **{f"{k}_cpu_pct": round(v, 1) for k, v in cpu.items()},
+        **{f"{k}_rss_mb": round(v, 1) for k, v in rss.items()},
+    }
+    for k, v in figures.items():
+        print(f"{k:>28}: {v}")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,346 @@
+"""Real servers for tests: InfluxDB 1.6.7 behind nginx, the machine's Mosquitto, private Mosquittos.
+
+Loaded from tests/conftest.py (``pytest_plugins = ["tests.services"]``). Fixtures:
+
+- ``influxdb`` (session): influxd plus nginx mapping ``/api/v2/write`` onto ``/write`` exactly
+  as InfluxDB 1.8 does (services.md); ``.url`` is the nginx front, ``.create_database(name)``
+  and ``.query(q, db=...)`` talk to it.
+- ``influx_settings``: a fresh database per test, as ``StoreSettings``.
+- ``embedded_settings``: the embedded store in the test's tmp_path.
+- ``mqtt_settings`` and ``site_id``: the shared broker on 127.0.0.1:1883, and a site id no
+  other test uses, so tests on the shared broker never see each other's messages.
+- ``private_mosquitto``: a factory starting ``mosquitto -c <generated config>`` on a free
+  port with extra config lines (auth, ACLs, persistence, limits); returns
+  ``(host, port, stop)``. Pass ``port=`` to restart a stopped broker on the same port.
+
+Invariants:
+- every server listens on 127.0.0.1 only, on ports the kernel handed out as free, so test
+  runs side by side do not collide;
+- a server this module starts is stopped by the PID of the process it started, never by
+  name; every server runs in the foreground as our child, so its PID is known for sure;
+- a server that cannot be started fails the test run with a message naming the server
+  and the reason (and the tail of its log); nothing here ever skips (services.md, Rules).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import httpx
+import pytest
+
+from ingest.store import StoreSettings
+from wire import MqttSettings
+
+INFLUXD = "/usr/bin/influxd"
+NGINX = "/usr/sbin/nginx"
+MOSQUITTO = "/usr/sbin/mosquitto"
+SHARED_BROKER = ("127.0.0.1", 1883)
+START_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (the kernel's choice, so runs do not collide)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError as e:
+        return f"(no log: {e})"
+    return "\n".join(text[-lines:]) or "(log is empty)"
+
+
+def _require_binary(server: str, path: str, package: str) -> None:
+    if not os.access(path, os.X_OK):
+        pytest.fail(
+            f"{server}: {path} is missing or not executable; install the Debian package "
+            f"{package!r} (scripts/test does it)",
+            pytrace=False,
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    """Stop one child we started, by its PID: SIGTERM, then SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout_s)
+
+
+# -- InfluxDB behind nginx ---------------------------------------------------------------------
+
+INFLUXD_CONF = """\
+reporting-disabled = true
+bind-address = "127.0.0.1:{rpc_port}"
+[meta]
+  dir = "{tmp}/meta"
+[data]
+  dir = "{tmp}/data"
+  wal-dir = "{tmp}/wal"
+[http]
+  bind-address = "127.0.0.1:{influx_port}"
+[coordinator]
+[retention]
+"""
+
+# The mapping of services.md, plus what it takes to run nginx as a foreground child with
+# every path in our folder: ``daemon off`` so the PID we hold is nginx's master, temp paths
+# here so it never touches /var/lib/nginx, and, when we are root, ``user root`` because
+# otherwise its workers switch to ``nobody``, who cannot enter pytest's 0700 temp folder to
+# buffer request bodies (a 5,000-line write is far larger than the in-memory buffer).
+NGINX_CONF = """\
+{user_line}
+daemon off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log;
+events {{}}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  client_max_body_size 64m;
+  map $arg_precision $v1_precision {{ ns n; us u; ms ms; s s; default n; }}
+  server {{
+    listen 127.0.0.1:{front_port};
+    location = /api/v2/write {{
+      rewrite ^ /write?db=$arg_bucket&precision=$v1_precision break;
+      proxy_pass http://127.0.0.1:{influx_port};
+    }}
+    location / {{ proxy_pass http://127.0.0.1:{influx_port}; }}
+    # Not in services.md: what a proxy in front of InfluxDB answers when InfluxDB is
+    # overloaded, down, or the body is too big. Point a store at <url>/_answer_<code> to
+    # see how it takes each answer through influxdb-client's real error path.
+    location /_answer_429/ {{ return 429 '{{"message":"too many requests, slow down"}}'; }}
+    location /_answer_502/ {{ return 502 'bad gateway: influxd is not answering'; }}
+    location /_answer_503/ {{ return 503 '{{"error":"engine is shutting down"}}'; }}
+    location /_answer_413/ {{ return 413 '{{"error":"request entity too large"}}'; }}
+  }}
+}}
+"""
+
+
+@dataclass
+class InfluxServer:
+    """A running influxd behind nginx; ``url`` is the front that Vigil is pointed at."""
+
+    url: str
+    influx_url: str  # influxd itself, without nginx; for diagnosis only
+    folder: Path
+    _http: httpx.Client = field(repr=False)
+
+    def query(self, q: str, *, db: str | None = None, method: str = "GET") -> dict[str, Any]:
+        """Run InfluxQL; return the decoded JSON reply; fail the test on any error."""
+        params = {"q": q, "epoch": "ms"}
+        if db is not None:
+            params["db"] = db
+        if method == "GET":
+            r = self._http.get(f"{self.url}/query", params=params)
+        else:
+            r = self._http.post(f"{self.url}/query", data=params)
+        body: dict[str, Any] = r.json()
+        errors = [res["error"] for res in body.get("results", []) if "error" in res]
+        if r.status_code != 200 or "error" in body or errors:
+            pytest.fail(f"InfluxDB refused {q!r}: HTTP {r.status_code} {r.text[:500]}", pytrace=False)
+        return body
+
+    def create_database(self, name: str) -> None:
+        # InfluxQL identifiers in double quotes; names here come from tests, never users.
+        self.query(f'CREATE DATABASE "{name}"', method="POST")
+
+
+def _wait_ready(
+    what: str, ready: Callable[[], bool], procs: Sequence[tuple[str, subprocess.Popen[bytes], Path]]
+) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        for name, proc, log in procs:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"{name} exited with code {proc.returncode} while starting; its log ({log}):\n"
+                    f"{_log_tail(log)}",
+                    pytrace=False,
+                )
+        if ready():
+            return
+        time.sleep(0.05)
+    details = "\n".join(f"--- {name} log ({log}):\n{_log_tail(log)}" for name, _, log in procs)
+    pytest.fail(f"{what} did not answer within {START_TIMEOUT_S:.0f} s\n{details}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
+    """influxd 1.6.7 behind the nginx ``/api/v2/write`` mapping, for the whole session."""
+    _require_binary("influxd", INFLUXD, "influxdb")
+    _require_binary("nginx", NGINX, "nginx")
+    tmp = tmp_path_factory.mktemp("influxdb")
+    influx_port, rpc_port, front_port = free_port(), free_port(), free_port()
+    influxd_conf = tmp / "influxd.conf"
+    influxd_conf.write_text(INFLUXD_CONF.format(tmp=tmp, rpc_port=rpc_port, influx_port=influx_port))
+    nginx_conf = tmp / "nginx.conf"
+    user_line = "user root;" if os.geteuid() == 0 else ""
+    nginx_conf.write_text(
+        NGINX_CONF.format(tmp=tmp, user_line=user_line, front_port=front_port, influx_port=influx_port)
+    )
+    nginx_log = tmp / "nginx-error.log"
+    http = httpx.Client(timeout=10.0)
+    procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+
+    def start(name: str, argv: list[str], log: Path) -> None:
+        with (tmp / f"{name}.out").open("wb") as out:
+            procs.append((name, subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT), log))
+
+    try:
+        start("influxd", [INFLUXD, "-config", str(influxd_conf)], tmp / "influxd.out")
+        # -e: the error log from the first moment, instead of the compiled-in
+        # /var/log/nginx/error.log that a non-root user cannot open.
+        start("nginx", [NGINX, "-p", f"{tmp}/", "-e", str(nginx_log), "-c", str(nginx_conf)], nginx_log)
+        front = f"http://127.0.0.1:{front_port}"
+
+        def ping() -> bool:
+            try:
+                return http.get(f"{front}/ping").status_code == 204
+            except httpx.HTTPError:
+                return False
+
+        _wait_ready(f"InfluxDB through nginx at {front}/ping", ping, procs)
+        yield InfluxServer(url=front, influx_url=f"http://127.0.0.1:{influx_port}", folder=tmp, _http=http)
+    finally:
+        http.close()
+        for _, proc, _ in reversed(procs):
+            _stop(proc)
+
+
+@pytest.fixture
+def influx_settings(influxdb: InfluxServer) -> StoreSettings:
+    """A database of its own for this test, on the session's InfluxDB."""
+    db = "t_" + uuid.uuid4().hex[:12]
+    influxdb.create_database(db)
+    return StoreSettings(influx_url=influxdb.url, influx_bucket=db)
+
+
+@pytest.fixture
+def embedded_settings(tmp_path: Path) -> StoreSettings:
+    return StoreSettings(path=tmp_path / "ts.db")
+
+
+# -- Mosquitto -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mqtt_settings() -> MqttSettings:
+    """The machine's Mosquitto on 127.0.0.1:1883 (services.md); fails loudly if it is not there."""
+    host, port = SHARED_BROKER
+    if not port_open(host, port):
+        pytest.fail(
+            f"Mosquitto is not listening on {host}:{port}; start it with "
+            "`mosquitto -d -c /etc/mosquitto/mosquitto.conf` (scripts/test does it)",
+            pytrace=False,
+        )
+    return MqttSettings(host=host, port=port)
+
+
+@pytest.fixture
+def site_id() -> str:
+    """A site id no other test uses: the shared broker delivers a site's topics to this test only."""
+    return "t" + uuid.uuid4().hex[:10]
+
+
+class MosquittoHandle(NamedTuple):
+    host: str
+    port: int
+    stop: Callable[[], None]
+
+
+class MosquittoFactory(Protocol):
+    def __call__(self, extra_lines: Sequence[str] = (), *, port: int | None = None) -> MosquittoHandle: ...
+
+
+@pytest.fixture
+def private_mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoFactory]:
+    """Brokers of the test's own: ``host, port, stop = private_mosquitto(["allow_anonymous false"])``.
+
+    The generated config has a loopback listener on a free port (or ``port``, to restart a
+    stopped broker where its clients expect it), logs to a file in its folder and, unless the
+    extra lines say otherwise, allows anonymous clients. Every broker still running at the end
+    of the test is stopped by its PID.
+    """
+    _require_binary("mosquitto", MOSQUITTO, "mosquitto")
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(extra_lines: Sequence[str] = (), *, port: int | None = None) -> MosquittoHandle:
+        folder = tmp_path_factory.mktemp("mosquitto")
+        port = free_port() if port is None else port
+        log = folder / "mosquitto.log"
+        lines = [f"listener {port} 127.0.0.1", f"log_dest file {log}", "log_type all"]
+        if not any(line.split()[:1] == ["allow_anonymous"] for line in extra_lines):
+            lines.append("allow_anonymous true")
+        # As root, mosquitto drops to the ``mosquitto`` user, who cannot read files in
+        # pytest's 0700 folders (password files, ACLs, persistence): stay who we are.
+        if os.geteuid() == 0 and not any(line.split()[:1] == ["user"] for line in extra_lines):
+            lines.append(f"user {getpass.getuser()}")
+        lines.extend(extra_lines)
+        config = folder / "mosquitto.conf"
+        config.write_text("\n".join(lines) + "\n")
+        with (folder / "mosquitto.out").open("wb") as out:
+            proc = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=out, stderr=subprocess.STDOUT)
+        started.append(proc)
+
+        def stop() -> None:
+            _stop(proc)
+
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not port_open("127.0.0.1", port, timeout_s=0.2):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop()
+                pytest.fail(
+                    f"mosquitto -c {config} did not start on 127.0.0.1:{port} "
+                    f"(exit code {proc.returncode}); config:\n{config.read_text()}\n"
+                    f"log:\n{_log_tail(log)}\n{_log_tail(folder / 'mosquitto.out')}",
+                    pytrace=False,
+                )
+            time.sleep(0.05)
+        return MosquittoHandle("127.0.0.1", port, stop)
+
+    yield start
+    for proc in started:
+        with contextlib.suppress(OSError):
+            _stop(proc)
+
+
+__all__ = [
+    "InfluxServer",
+    "MosquittoFactory",
+    "MosquittoHandle",
+    "free_port",
+    "port_open",
+]

@@ -1,0 +1,120 @@
+"""The ``vigil`` command: the composition root that starts one role, or all of them (demo).
+
+Each role reads one settings object at start (environment ``VIGIL_<ROLE>_*`` and an
+optional TOML file's ``[role]`` table) and stops with a message naming any bad setting.
+SIGINT and SIGTERM stop a role cleanly: it finishes and acknowledges what it holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from pydantic import BaseModel
+
+from wire import ConfigError, RoleSettings
+
+log = logging.getLogger("vigil")
+
+
+def _settings_help(cls: type[RoleSettings]) -> str:
+    """List every setting of a role with its environment variable and default."""
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    lines = [f"settings (environment variables, or keys of the [{cls.section}] table in --config):"]
+
+    def walk(model: type[BaseModel], path: list[str]) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, [*path, name])
+                continue
+            env = prefix + "__".join([*path, name]).upper()
+            value = field.get_default(call_default_factory=True)
+            default = "" if field.is_required() else f" (default {value})"
+            lines.append(f"  {env}{default}")
+
+    walk(cls, [])
+    return "\n".join(lines)
+
+
+def _install_signals(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():  # a second Ctrl-C means: now
+            log.warning("vigil: second %s, exiting at once", signal.Signals(signum).name)
+            raise SystemExit(130)
+        log.info("vigil: %s received, stopping cleanly (Ctrl-C again to force)", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _role(cls_path: str, run_path: str) -> tuple[Callable[[], type[RoleSettings]], Callable[[], Any]]:
+    """Import a role's settings class and run function lazily, so `vigil x --help` is fast
+    and one role's dependencies are not loaded by another."""
+
+    def load_attr(path: str) -> Any:
+        module, _, attr = path.rpartition(".")
+        return getattr(__import__(module, fromlist=[attr]), attr)
+
+    return (lambda: load_attr(cls_path)), (lambda: load_attr(run_path))
+
+
+ROLES: dict[str, tuple[str, str, str]] = {
+    # name: (help, settings class, run function(settings, stop_event))
+    "demo": ("everything in one process: embedded broker and store, simulated fleet, API on :8000",
+             "vigil.demo.DemoSettings", "vigil.demo.run"),
+    "edge": ("an edge agent: reads devices through drivers, publishes over MQTT",
+             "edge.settings.EdgeSettings", "edge.runtime.run"),
+    "ingest": ("an ingest worker: MQTT telemetry into InfluxDB or the embedded store",
+               "ingest.settings.IngestSettings", "ingest.service.run"),
+    "api": ("the REST API and dashboard", "api.settings.ApiSettings", "api.server.run"),
+    "sim": ("a simulated fleet of devices driving real edge agents",
+            "simulators.settings.SimSettings", "simulators.fleet.run"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vigil", description="Vigil: building equipment and security "
+                                     "monitoring that turns faults into work for people.")
+    sub = parser.add_subparsers(dest="role", required=True, metavar="ROLE")
+    for name, (text, cls_path, _run) in ROLES.items():
+        settings_cls, _ = _role(cls_path, _run)
+        p = sub.add_parser(name, help=text, description=text, epilog=_settings_help(settings_cls()),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--config", type=Path, metavar="FILE",
+                       help=f"TOML file whose [{name}] table holds settings (environment variables win)")
+        p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _text, cls_path, run_path = ROLES[args.role]
+    settings_cls, run_fn = _role(cls_path, run_path)
+    try:
+        settings = settings_cls().load(args.config)
+    except ConfigError as e:
+        print(f"vigil {args.role}: {e}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    _install_signals(stop)
+    try:
+        run_fn()(settings, stop)
+    except ConfigError as e:
+        print(f"vigil {args.role}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
