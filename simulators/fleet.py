@@ -202,8 +202,12 @@ def build_fleet(
     max_queued_messages: int = 10_000,
     stop_timeout_s: float = 5.0,
     boot: int | None = None,
+    check_readings: bool = True,
 ) -> Fleet:
-    """Edge agent runtimes for ``plan``: each device a model behind a simulated driver."""
+    """Edge agent runtimes for ``plan``: each device a model behind a simulated driver.
+
+    ``check_readings=False`` skips the agent's contract check of every payload (see
+    ``edge.agent``), for benchmarks that use the fleet as a load generator."""
     boot = wall_ms() if boot is None else boot
     interval_ms = max(1, round(plan.interval_s * 1000))
     runtimes = []
@@ -214,6 +218,7 @@ def build_fleet(
             devices=[PollPlan(d.device, interval_ms) for d in a.devices],
             boot=boot,
             max_readings_per_message=max_readings_per_message,
+            check_readings=check_readings,
         )
         drivers: dict[str, Driver] = {
             d.device: SimulatedDriver(MODELS[d.kind](d.device, d.seed)) for d in a.devices

@@ -4,7 +4,9 @@ Loaded from tests/conftest.py (``pytest_plugins = ["tests.services"]``). Fixture
 
 - ``influxdb`` (session): influxd plus nginx mapping ``/api/v2/write`` onto ``/write`` exactly
   as InfluxDB 1.8 does (services.md); ``.url`` is the nginx front, ``.create_database(name)``
-  and ``.query(q, db=...)`` talk to it.
+  and ``.query(q, db=...)`` talk to it. ``f"{url}/_answer_{code}"`` for code 429, 502, 503
+  or 413 is a base URL where the same nginx answers every request with that status, as a
+  proxy in front of an overloaded or stopped InfluxDB does.
 - ``influx_settings``: a fresh database per test, as ``StoreSettings``.
 - ``embedded_settings``: the embedded store in the test's tmp_path.
 - ``mqtt_settings`` and ``site_id``: the shared broker on 127.0.0.1:1883, and a site id no
