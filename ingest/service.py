@@ -116,8 +116,8 @@ class IngestService:
         with self._cond:
             self._generation += 1
         group = self.settings.share_group
-        site = self.settings.site
-        filters = [telemetry_filter(site), status_filter(site)]
+        sites = self.settings.sites or (None,)
+        filters = [f for site in sites for f in (telemetry_filter(site), status_filter(site))]
         client.subscribe([(shared(group, f) if group else f, 1) for f in filters])
         log.info("ingest: connected to %s:%s as %s", self.settings.mqtt.host, self.settings.mqtt.port,
                  self.settings.client_id)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from ingest.store import StoreSettings
-from wire import MqttSettings, RoleSettings
+from wire import MqttSettings, RoleSettings, check_id
 
 
 class IngestSettings(RoleSettings):
@@ -23,8 +23,8 @@ class IngestSettings(RoleSettings):
     # Workers in one group split the load ($share); None subscribes plainly (the demo's
     # embedded broker has no shared subscriptions).
     share_group: str | None = Field("ingest", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
-    # Only this site's topics (one worker group per site); None takes every site.
-    site: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+    # Only these sites' topics (e.g. one worker group per region); empty takes every site.
+    sites: tuple[str, ...] = ()
     batch_max_readings: int = Field(5000, ge=1, le=1_000_000)
     # Keep at or below the broker's inflight window for this client (Mosquitto's
     # max_inflight_messages, 20 by default): acks wait for the write, so a larger value
@@ -34,3 +34,10 @@ class IngestSettings(RoleSettings):
     retry_initial_s: float = Field(0.5, gt=0, le=60)
     retry_max_s: float = Field(30.0, gt=0, le=3600)
     stats_interval_s: float = Field(30.0, ge=0, le=86400)  # 0: never log stats
+
+    @field_validator("sites")
+    @classmethod
+    def _valid_sites(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for site in v:
+            check_id("site", site)  # WireError is a ValueError: pydantic reports it per item
+        return v

@@ -62,7 +62,7 @@ def store(store_settings: StoreSettings) -> Iterator[Store]:
 @pytest.fixture
 def ingest(mqtt_settings: MqttSettings, site_id: str, store: Store) -> Iterator[IngestService]:
     client_id = f"test-ingest-{site_id}"
-    settings = IngestSettings.load(None, mqtt=mqtt_settings, site=site_id, client_id=client_id,
+    settings = IngestSettings.load(None, mqtt=mqtt_settings, sites=(site_id,), client_id=client_id,
                                    batch_max_age_s=0.05, stats_interval_s=0)
     service = IngestService(settings, store)
     service.start()
@@ -119,7 +119,7 @@ def test_restarted_worker_gets_its_queue_back(mqtt_settings: MqttSettings, publi
                                               store: Store, site_id: str) -> None:
     """A worker that stops returns with the same client id and receives what was published meanwhile."""
     client_id = f"test-ingest-restart-{site_id}"
-    settings = IngestSettings.load(None, mqtt=mqtt_settings, site=site_id, client_id=client_id,
+    settings = IngestSettings.load(None, mqtt=mqtt_settings, sites=(site_id,), client_id=client_id,
                                    share_group=None, batch_max_age_s=0.05, stats_interval_s=0)
     first = IngestService(settings, store)
     first.start()

@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -45,11 +46,18 @@ def _settings_help(cls: type[RoleSettings]) -> str:
 
 
 def _install_signals(stop: threading.Event) -> None:
+    first: list[float] = []
+
     def handler(signum: int, _frame: FrameType | None) -> None:
-        if stop.is_set():  # a second Ctrl-C means: now
+        # A second Ctrl-C means: now. One arriving within a second of the first is the same
+        # keypress delivered twice (a wrapper such as make or timeout forwarding it).
+        if first and time.monotonic() - first[0] > 1.0:
             log.warning("vigil: second %s, exiting at once", signal.Signals(signum).name)
             raise SystemExit(130)
-        log.info("vigil: %s received, stopping cleanly (Ctrl-C again to force)", signal.Signals(signum).name)
+        if not first:
+            first.append(time.monotonic())
+            log.info("vigil: %s received, stopping cleanly (Ctrl-C again to force)",
+                     signal.Signals(signum).name)
         stop.set()
 
     signal.signal(signal.SIGINT, handler)
@@ -110,10 +118,23 @@ def main(argv: list[str] | None = None) -> int:
     _install_signals(stop)
     try:
         run_fn()(settings, stop)
-    except ConfigError as e:
+    except Exception as e:
+        if not isinstance(e, _start_errors()):
+            raise
         print(f"vigil {args.role}: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _start_errors() -> tuple[type[Exception], ...]:
+    """The errors a role stops with at start that say what to fix: no traceback for them."""
+    from edge.errors import EdgeError
+    from ingest.store import StoreError
+    from simulators.errors import SimError
+    from vigil.broker import BrokerStartError
+    from vigil.demo import DemoError
+
+    return (ConfigError, EdgeError, StoreError, SimError, BrokerStartError, DemoError)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,10 @@ from wire import MqttSettings, RoleSettings
 log = logging.getLogger("vigil.demo")
 
 
+class DemoError(RuntimeError):
+    """The demo could not start; the message says why and what to change."""
+
+
 class DemoSettings(RoleSettings):
     section: ClassVar[str] = "demo"
     model_config = SettingsConfigDict(env_prefix="VIGIL_DEMO_")
@@ -80,10 +84,19 @@ def run(settings: DemoSettings, stop: threading.Event) -> None:
     store = open_store(store_settings)
     ingest = IngestService(ingest_settings, store)
     ingest.start()
-    api_stop, fleet_stop = threading.Event(), threading.Event()
-    api = threading.Thread(target=run_api, args=(api_settings, api_stop, store), name="api", daemon=True)
+    api_stop, fleet_stop, api_ready = threading.Event(), threading.Event(), threading.Event()
+    api = threading.Thread(target=run_api, args=(api_settings, api_stop, store),
+                           kwargs={"ready": lambda _url: api_ready.set()}, name="api", daemon=True)
     fleet = threading.Thread(target=run_fleet, args=(sim_settings, fleet_stop), name="fleet", daemon=True)
     api.start()
+    while not api_ready.wait(0.1):
+        if not api.is_alive():  # it said why in the log (port taken, ...)
+            fleet_stop.set()
+            ingest.stop(drain_s=0)
+            broker.stop()
+            store.close()
+            raise DemoError(f"the API could not start on {settings.host}:{settings.port}; "
+                            "set VIGIL_DEMO_PORT to a free port")
     fleet.start()
     url = f"http://{settings.host}:{settings.port}"
     print(

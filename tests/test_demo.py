@@ -1,0 +1,55 @@
+"""The demo command, as a newcomer runs it: starts, answers, and stops cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.services import free_port
+
+VIGIL = Path(sys.executable).parent / "vigil"
+
+
+def test_demo_starts_serves_the_fleet_and_stops_on_sigint(tmp_path: Path) -> None:
+    port, mqtt_port = free_port(), free_port()
+    env = {**os.environ, "VIGIL_DEMO_PORT": str(port), "VIGIL_DEMO_MQTT_PORT": str(mqtt_port),
+           "VIGIL_DEMO_DATA_DIR": str(tmp_path / "demo")}
+    proc = subprocess.Popen([str(VIGIL), "demo"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        started = time.monotonic()
+        healthy = False
+        while time.monotonic() - started < 30 and proc.poll() is None:
+            try:
+                healthy = httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                pass
+            if healthy:
+                break
+            time.sleep(0.2)
+        assert healthy, f"demo did not answer /healthz within 30 s (exit {proc.poll()})"
+        devices: list[dict[str, object]] = []
+        while time.monotonic() - started < 45:
+            devices = httpx.get(f"{url}/api/v1/devices", timeout=5).json()["devices"]
+            if len(devices) >= 50:
+                break
+            time.sleep(0.5)
+        assert len(devices) >= 50
+        assert len({d["site"] for d in devices}) >= 2
+        assert len({str(d["device"]).rstrip("0123456789-") for d in devices}) >= 4
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out
+    assert "Vigil demo is running" in out and "demo: stopped" in out
+    assert "Traceback" not in out, out
