@@ -106,6 +106,7 @@ class AgentRuntime:
         self._started_drivers: set[str] = set()
         self._stopping = False
         self._was_connected = False
+        self._connect_ms = 0
         self._dropping = False
         # Acknowledgement bookkeeping, shared with paho's network thread. paho calls
         # on_publish holding its own message lock, and publish() takes that lock, so this
@@ -264,6 +265,11 @@ class AgentRuntime:
     # -- paho callbacks (network thread) ------------------------------------------------
 
     def _arm_will(self, client: mqtt.Client, connect_ms: int) -> None:
+        # The birth of this connection carries the same ts_ms as its will: stores keep the
+        # status with the greatest ts_ms, ties going to the later arrival, so a will that
+        # fires replaces its own birth, while a stale will of an older connection (a session
+        # takeover) never replaces a newer birth.
+        self._connect_ms = connect_ms
         will = self.core.will(connect_ms)
         client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
 
@@ -284,7 +290,7 @@ class AgentRuntime:
             self.core.site, self.core.agent, self.mqtt_settings.host, self.mqtt_settings.port, self.core.boot,
         )
         if not self._stopping:
-            self._publish(self.core.birth(wall_ms()))
+            self._publish(self.core.birth(self._connect_ms))
         self.online.set()
 
     def _on_disconnect(

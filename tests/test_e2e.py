@@ -6,9 +6,14 @@ same value and timestamp: once through InfluxDB, once through the embedded store
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -20,7 +25,8 @@ from ingest.settings import IngestSettings
 from ingest.store import StoreSettings, open_store
 from simulators.fleet import Recorder, build_fleet, plan_fleet
 from tests.test_ingest import purge_session, wait_until
-from wire import MqttSettings, parse_topic
+from wire import MqttSettings, StatusTopic, parse_topic
+from wire.mqtt import make_client
 
 
 @pytest.mark.parametrize("store_kind", ["embedded", "influx"])
@@ -53,7 +59,9 @@ def test_every_published_reading_comes_back_from_the_api(
     total = sum(len(m.readings) for _t, m in published)
     assert len({d.kind for d in plan.devices}) >= 4 and total > 500
     try:
-        wait_until(lambda: ingest.stats.readings >= total, 20, f"{total} readings through ingest")
+        statuses = len(recorder.statuses())  # births and graceful goodbyes
+        wait_until(lambda: ingest.stats.readings >= total and ingest.stats.statuses >= statuses, 20,
+                   f"{total} readings and {statuses} statuses through ingest")
     finally:
         ingest.stop()
         purge_session(mqtt_settings, client_id)
@@ -73,3 +81,46 @@ def test_every_published_reading_comes_back_from_the_api(
                           params={"metric": metric, "start": lo, "end": hi}).json()
             assert {r["ts_ms"]: r["value"] for r in got["readings"]} == points, (site, device, metric)
     store.close()
+
+
+@pytest.mark.fault
+def test_an_agent_killed_with_sigkill_is_shown_offline_by_the_api(
+    embedded_settings: StoreSettings, mqtt_settings: MqttSettings, site_id: str, tmp_path: Path
+) -> None:
+    """The last will reaches the store through ingest, and replaces the agent's birth."""
+    from tests.test_edge import GOOD_CONFIG, write
+
+    store = open_store(embedded_settings)
+    client_id = f"test-e2e-kill-{site_id}"
+    ingest = IngestService(IngestSettings.load(None, mqtt=mqtt_settings, sites=(site_id,), client_id=client_id,
+                                               batch_max_age_s=0.05, stats_interval_s=0), store)
+    ingest.start()
+    env = {**os.environ, "VIGIL_EDGE_CONFIG": str(write(tmp_path, GOOD_CONFIG.replace("tower-a", site_id))),
+           "VIGIL_EDGE_MQTT__HOST": mqtt_settings.host, "VIGIL_EDGE_MQTT__PORT": str(mqtt_settings.port)}
+    agent = subprocess.Popen([str(Path(sys.executable).parent / "vigil"), "edge"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with TestClient(create_app(ApiSettings.load(None, store=embedded_settings), store=store)) as api:
+            def state() -> str:
+                devices = api.get("/api/v1/devices", params={"site": site_id}).json()["devices"]
+                return str(devices[0]["state"]) if devices else "none"
+
+            wait_until(lambda: state() == "online", 15, "the agent's devices online in the API")
+            os.kill(agent.pid, signal.SIGKILL)
+            agent.wait(10)
+            wait_until(lambda: state() == "offline", 15, "the killed agent's devices offline in the API")
+            (a,) = api.get("/api/v1/agents", params={"site": site_id}).json()["agents"]
+            assert a["state"] == "offline" and a["reason"] == "connection lost"
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+        ingest.stop()
+        purge_session(mqtt_settings, client_id)
+        # The will is retained on the shared broker: clear it.
+        clear = make_client(mqtt_settings, f"test-clear-{site_id}")
+        clear.connect(mqtt_settings.host, mqtt_settings.port)
+        clear.loop_start()
+        clear.publish(StatusTopic(site_id, "b1-gw1").format(), b"", qos=1, retain=True).wait_for_publish(5)
+        clear.disconnect()
+        clear.loop_stop()
+        store.close()

@@ -523,7 +523,7 @@ def test_last_will_marks_the_agent_offline_when_its_process_is_killed(
     }
     with tap(mqtt_settings, site_id, ["b1-gw1"]) as t:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edge"], env=env, cwd=Path(__file__).parent.parent,
+            [str(Path(sys.executable).parent / "vigil"), "edge"], env=env, cwd=Path(__file__).parent.parent,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:

@@ -405,7 +405,8 @@ def test_influx_refusal_carries_the_server_message(
         influxdb.query(f'DROP DATABASE "{influx_settings.influx_bucket}"', method="POST")
         with pytest.raises(StoreError) as e:
             store.write([msg("d1", [(T0, "temp", 1.0)])])
-        assert not e.value.retryable
+        # A setup fault, not the data's: retried (data kept unacked), never dead-lettered.
+        assert e.value.retryable
         assert "database not found" in str(e.value) and "404" in str(e.value)
     finally:
         store.close()

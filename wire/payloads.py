@@ -23,9 +23,9 @@ from wire.errors import WireError
 VERSION: Final = 1
 MAX_PAYLOAD_BYTES: Final = 1 << 20
 MAX_READINGS: Final = 10_000
-# 2001-09-09 .. 2286-11-20: anything outside is a clock that was never set, or garbage.
+# 2001-09-09 .. 2262-04-11: anything outside is a clock that was never set, or garbage.
 MIN_TS_MS: Final = 1_000_000_000_000
-MAX_TS_MS: Final = 9_999_999_999_999
+MAX_TS_MS: Final = 9_223_372_036_854  # InfluxDB stores nothing after 2262-04-11
 METRIC_PATTERN: Final = r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$"
 
 TsMs = Annotated[int, msgspec.Meta(ge=MIN_TS_MS, le=MAX_TS_MS)]
@@ -81,8 +81,12 @@ class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaul
 
 class Status(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """An agent's retained presence. ``boot`` grows on every agent start (Sparkplug's bdSeq),
-    so a restart is visible even when no offline message was seen in between. An offline
-    status sent as the last will carries the ``ts_ms`` of the connect that armed it."""
+    so a restart is visible even when no offline message was seen in between.
+
+    Ordering: an agent's current status is the one with the greatest ``ts_ms``, ties going
+    to the later arrival. The birth (online) and the last will (offline) of one connection
+    both carry the ``ts_ms`` of that connect, so a will that fires replaces its own birth,
+    and a stale will from an older connection never replaces a newer birth."""
 
     v: Literal[1]
     state: AgentState

@@ -33,9 +33,9 @@ Invariants:
   reading replaces itself. Caveats of InfluxDB's merge of same-time points: rewriting a
   reading with a different unit makes a second point (another series), and one rewritten
   with quality "good" after "bad" keeps the old quality field;
-- every failure is ``StoreError``: 408/429/5xx, timeouts and unreachable servers are
-  retryable; other 4xx (400 bad data, 401/403 credentials, 404 no bucket, 413 too large,
-  422) are not, and carry the server's own message. influxdb-client's retries are off:
+- every failure is ``StoreError``: 401/403/404 (credentials, no bucket: a setup fault),
+  408/429/5xx, timeouts and unreachable servers are retryable; other 4xx (400 bad data,
+  413 too large, 422) are not, and carry the server's own message. influxdb-client's retries are off:
   ingest owns backing off;
 - the database is created on open with ``CREATE DATABASE`` (idempotent on 1.x). A server
   that cannot be reached at open does not fail the open: creation is tried again before the
@@ -131,8 +131,11 @@ def _rows(series: _Series) -> list[dict[str, Any]]:
 
 
 def _retryable(status: int) -> bool:
-    # Telegraf's split: overload and server faults pass; the data or the setup will not.
-    return status in (408, 429) or status >= 500
+    # Telegraf's split: overload and server faults pass; bad data will not. Credentials and
+    # a missing bucket (401/403/404) are a setup fault, not the data's: retrying keeps the
+    # data unacked with the broker until an operator fixes it, where dead-lettering it would
+    # throw good readings aside (a 401 at open still stops the process at start).
+    return status in (401, 403, 404, 408, 429) or status >= 500
 
 
 def _server_message(body: bytes | str | None) -> str:
@@ -240,6 +243,8 @@ class InfluxStore:
             status = int(e.status or 0)
             message = _server_message(e.body) if e.body else str(e.reason)
             hint = " (split the batch)" if status == 413 else ""
+            if status == 404:  # the database went away: create it again before the retry
+                self._database_ready = False
             raise StoreError(
                 f"InfluxDB at {self._url} refused {what} (HTTP {status}){hint}: {message}",
                 # Status 0 is the library's wrapper of a TLS failure: the data was not refused.
