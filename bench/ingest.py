@@ -34,7 +34,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.services import free_port, start_influx, start_mosquitto  # noqa: E402
+from tests.services import start_influx, start_mosquitto  # noqa: E402
 from wire import MqttSettings  # noqa: E402
 from wire.mqtt import make_client  # noqa: E402
 from wire.topics import TelemetryTopic  # noqa: E402
@@ -122,13 +122,13 @@ def main() -> None:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="vigil-bench-"))
-    influx, stop_influx = start_influx(tmp / "influx")
-    mq_port = free_port()
-    _host, _port, stop_mosquitto, mosq_pid = start_mosquitto(tmp / "mosquitto", [
+    influx = start_influx(tmp / "influx")
+    (_host, mq_port, stop_mosquitto), mosquitto = start_mosquitto(tmp / "mosquitto", [
         f"max_inflight_messages {args.inflight}",
         "max_queued_messages 1000000",
         "set_tcp_nodelay true",
-    ], port=mq_port)
+    ])
+    mosq_pid = mosquitto.pid
     influx.create_database("bench")
     env = {
         **os.environ,
@@ -183,9 +183,9 @@ def main() -> None:
     cpu: dict[str, float] = {}
     rss: dict[str, float] = {}
     for name, group in samplers.items():
-        figures = [s.end(t2 - t1) for s in group]
-        cpu[name] = sum(f[0] for f in figures)
-        rss[name] = sum(f[1] for f in figures)
+        ends = [s.end(t2 - t1) for s in group]
+        cpu[name] = sum(f[0] for f in ends)
+        rss[name] = sum(f[1] for f in ends)
     # Ingest logs cumulative counters every second; rate over the entries inside the window.
     window = [(t, s["readings"]) for t, s in stats if t1 <= t <= t2]
     (ta, ra), (tb, rb) = window[0], window[-1]
@@ -203,9 +203,9 @@ def main() -> None:
     counted = influx.query('SELECT count("value") FROM /^m[0-9]+$/', db="bench")
     stored = sum(s["values"][0][1] for r in counted["results"] for s in r.get("series", []))
     stop_mosquitto()
-    stop_influx()
+    influx.stop()
 
-    figures = {
+    figures: dict[str, float] = {
         "offered_readings_per_s": args.rate,
         "readings_per_s": round((rb - ra) / (tb - ta), 1),
         "p50_s": final["latency_p50_s"],

@@ -159,6 +159,17 @@ class InfluxServer:
     influx_url: str  # influxd itself, without nginx; for diagnosis only
     folder: Path
     _http: httpx.Client = field(repr=False)
+    _procs: list[subprocess.Popen[bytes]] = field(repr=False, default_factory=list)
+
+    @property
+    def influxd_pid(self) -> int:
+        return self._procs[0].pid
+
+    def stop(self) -> None:
+        """Stop nginx, then influxd, by the PIDs of the processes we started."""
+        self._http.close()
+        for proc in reversed(self._procs):
+            _stop(proc)
 
     def query(self, q: str, *, db: str | None = None, method: str = "GET") -> dict[str, Any]:
         """Run InfluxQL; return the decoded JSON reply; fail the test on any error."""
@@ -199,12 +210,12 @@ def _wait_ready(
     pytest.fail(f"{what} did not answer within {START_TIMEOUT_S:.0f} s\n{details}", pytrace=False)
 
 
-@pytest.fixture(scope="session")
-def influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
-    """influxd 1.6.7 behind the nginx ``/api/v2/write`` mapping, for the whole session."""
+def start_influx(tmp: Path) -> InfluxServer:
+    """Start influxd 1.6.7 behind the nginx ``/api/v2/write`` mapping in ``tmp``; the caller
+    stops it with ``.stop()``. Used by the ``influxdb`` fixture and by the benchmarks."""
     _require_binary("influxd", INFLUXD, "influxdb")
     _require_binary("nginx", NGINX, "nginx")
-    tmp = tmp_path_factory.mktemp("influxdb")
+    tmp.mkdir(parents=True, exist_ok=True)
     influx_port, rpc_port, front_port = free_port(), free_port(), free_port()
     influxd_conf = tmp / "influxd.conf"
     influxd_conf.write_text(INFLUXD_CONF.format(tmp=tmp, rpc_port=rpc_port, influx_port=influx_port))
@@ -235,11 +246,23 @@ def influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]
                 return False
 
         _wait_ready(f"InfluxDB through nginx at {front}/ping", ping, procs)
-        yield InfluxServer(url=front, influx_url=f"http://127.0.0.1:{influx_port}", folder=tmp, _http=http)
-    finally:
+    except BaseException:
         http.close()
         for _, proc, _ in reversed(procs):
             _stop(proc)
+        raise
+    return InfluxServer(url=front, influx_url=f"http://127.0.0.1:{influx_port}", folder=tmp, _http=http,
+                        _procs=[proc for _, proc, _ in procs])
+
+
+@pytest.fixture(scope="session")
+def influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
+    """influxd 1.6.7 behind the nginx ``/api/v2/write`` mapping, for the whole session."""
+    server = start_influx(tmp_path_factory.mktemp("influxdb"))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -287,6 +310,47 @@ class MosquittoFactory(Protocol):
     def __call__(self, extra_lines: Sequence[str] = (), *, port: int | None = None) -> MosquittoHandle: ...
 
 
+def start_mosquitto(
+    folder: Path, extra_lines: Sequence[str] = (), *, port: int | None = None
+) -> tuple[MosquittoHandle, subprocess.Popen[bytes]]:
+    """Start ``mosquitto -c <generated config>`` in ``folder``: a loopback listener on a free
+    port (or ``port``), a log file there and, unless the extra lines say otherwise, anonymous
+    clients allowed. Used by ``private_mosquitto`` and by the benchmarks."""
+    _require_binary("mosquitto", MOSQUITTO, "mosquitto")
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port() if port is None else port
+    log = folder / "mosquitto.log"
+    lines = [f"listener {port} 127.0.0.1", f"log_dest file {log}",
+             "log_type error", "log_type warning", "log_type notice", "log_type information"]
+    if not any(line.split()[:1] == ["allow_anonymous"] for line in extra_lines):
+        lines.append("allow_anonymous true")
+    # As root, mosquitto drops to the ``mosquitto`` user, who cannot read files in
+    # pytest's 0700 folders (password files, ACLs, persistence): stay who we are.
+    if os.geteuid() == 0 and not any(line.split()[:1] == ["user"] for line in extra_lines):
+        lines.append(f"user {getpass.getuser()}")
+    lines.extend(extra_lines)
+    config = folder / "mosquitto.conf"
+    config.write_text("\n".join(lines) + "\n")
+    with (folder / "mosquitto.out").open("wb") as out:
+        proc = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=out, stderr=subprocess.STDOUT)
+
+    def stop() -> None:
+        _stop(proc)
+
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not port_open("127.0.0.1", port, timeout_s=0.2):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop()
+            pytest.fail(
+                f"mosquitto -c {config} did not start on 127.0.0.1:{port} "
+                f"(exit code {proc.returncode}); config:\n{config.read_text()}\n"
+                f"log:\n{_log_tail(log)}\n{_log_tail(folder / 'mosquitto.out')}",
+                pytrace=False,
+            )
+        time.sleep(0.05)
+    return MosquittoHandle("127.0.0.1", port, stop), proc
+
+
 @pytest.fixture
 def private_mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoFactory]:
     """Brokers of the test's own: ``host, port, stop = private_mosquitto(["allow_anonymous false"])``.
@@ -300,38 +364,9 @@ def private_mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosq
     started: list[subprocess.Popen[bytes]] = []
 
     def start(extra_lines: Sequence[str] = (), *, port: int | None = None) -> MosquittoHandle:
-        folder = tmp_path_factory.mktemp("mosquitto")
-        port = free_port() if port is None else port
-        log = folder / "mosquitto.log"
-        lines = [f"listener {port} 127.0.0.1", f"log_dest file {log}", "log_type all"]
-        if not any(line.split()[:1] == ["allow_anonymous"] for line in extra_lines):
-            lines.append("allow_anonymous true")
-        # As root, mosquitto drops to the ``mosquitto`` user, who cannot read files in
-        # pytest's 0700 folders (password files, ACLs, persistence): stay who we are.
-        if os.geteuid() == 0 and not any(line.split()[:1] == ["user"] for line in extra_lines):
-            lines.append(f"user {getpass.getuser()}")
-        lines.extend(extra_lines)
-        config = folder / "mosquitto.conf"
-        config.write_text("\n".join(lines) + "\n")
-        with (folder / "mosquitto.out").open("wb") as out:
-            proc = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=out, stderr=subprocess.STDOUT)
+        handle, proc = start_mosquitto(tmp_path_factory.mktemp("mosquitto"), extra_lines, port=port)
         started.append(proc)
-
-        def stop() -> None:
-            _stop(proc)
-
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not port_open("127.0.0.1", port, timeout_s=0.2):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                stop()
-                pytest.fail(
-                    f"mosquitto -c {config} did not start on 127.0.0.1:{port} "
-                    f"(exit code {proc.returncode}); config:\n{config.read_text()}\n"
-                    f"log:\n{_log_tail(log)}\n{_log_tail(folder / 'mosquitto.out')}",
-                    pytrace=False,
-                )
-            time.sleep(0.05)
-        return MosquittoHandle("127.0.0.1", port, stop)
+        return handle
 
     yield start
     for proc in started:
@@ -345,4 +380,6 @@ __all__ = [
     "MosquittoHandle",
     "free_port",
     "port_open",
+    "start_influx",
+    "start_mosquitto",
 ]

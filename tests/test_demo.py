@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -27,10 +28,8 @@ def test_demo_starts_serves_the_fleet_and_stops_on_sigint(tmp_path: Path) -> Non
         started = time.monotonic()
         healthy = False
         while time.monotonic() - started < 30 and proc.poll() is None:
-            try:
+            with contextlib.suppress(httpx.TransportError):
                 healthy = httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-            except httpx.TransportError:
-                pass
             if healthy:
                 break
             time.sleep(0.2)

@@ -20,11 +20,9 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.settings import ApiSettings
-from ingest.service import IngestService
-from ingest.settings import IngestSettings
 from ingest.store import StoreSettings, open_store
 from simulators.fleet import Recorder, build_fleet, plan_fleet
-from tests.test_ingest import purge_session, wait_until
+from tests.test_ingest import purge_session, start_ingest, wait_until
 from wire import MqttSettings, StatusTopic, parse_topic
 from wire.mqtt import make_client
 
@@ -37,11 +35,7 @@ def test_every_published_reading_comes_back_from_the_api(
     sites = (f"{site_id}a", f"{site_id}b")
     client_id = f"test-e2e-{site_id}"
     store = open_store(store_settings)
-    ingest = IngestService(IngestSettings.load(None, mqtt=mqtt_settings, sites=sites, client_id=client_id,
-                                               batch_max_age_s=0.05, stats_interval_s=0), store)
-    ingest.start()
-    assert ingest.wait_connected(10), "ingest could not connect to Mosquitto at 127.0.0.1:1883"
-    time.sleep(0.2)
+    ingest = start_ingest(mqtt_settings, store, sites, client_id)
 
     plan = plan_fleet(seed=7, devices=24, sites=2, agents_per_site=2, interval_s=0.25, site_ids=sites)
     recorder = Recorder()
@@ -92,9 +86,7 @@ def test_an_agent_killed_with_sigkill_is_shown_offline_by_the_api(
 
     store = open_store(embedded_settings)
     client_id = f"test-e2e-kill-{site_id}"
-    ingest = IngestService(IngestSettings.load(None, mqtt=mqtt_settings, sites=(site_id,), client_id=client_id,
-                                               batch_max_age_s=0.05, stats_interval_s=0), store)
-    ingest.start()
+    ingest = start_ingest(mqtt_settings, store, (site_id,), client_id)
     env = {**os.environ, "VIGIL_EDGE_CONFIG": str(write(tmp_path, GOOD_CONFIG.replace("tower-a", site_id))),
            "VIGIL_EDGE_MQTT__HOST": mqtt_settings.host, "VIGIL_EDGE_MQTT__PORT": str(mqtt_settings.port)}
     agent = subprocess.Popen([str(Path(sys.executable).parent / "vigil"), "edge"], env=env,

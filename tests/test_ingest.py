@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -59,15 +60,21 @@ def store(store_settings: StoreSettings) -> Iterator[Store]:
     s.close()
 
 
-@pytest.fixture
-def ingest(mqtt_settings: MqttSettings, site_id: str, store: Store) -> Iterator[IngestService]:
-    client_id = f"test-ingest-{site_id}"
-    settings = IngestSettings.load(None, mqtt=mqtt_settings, sites=(site_id,), client_id=client_id,
-                                   batch_max_age_s=0.05, stats_interval_s=0)
-    service = IngestService(settings, store)
+def start_ingest(mqtt_settings: MqttSettings, store: Store, sites: tuple[str, ...], client_id: str,
+                 **settings: Any) -> IngestService:
+    """An ingest worker on the shared broker taking only the test's sites, connected."""
+    service = IngestService(IngestSettings.load(None, mqtt=mqtt_settings, sites=sites, client_id=client_id,
+                                                batch_max_age_s=0.05, stats_interval_s=0, **settings), store)
     service.start()
     assert service.wait_connected(10), "ingest could not connect to Mosquitto at 127.0.0.1:1883"
     time.sleep(0.2)  # subscriptions granted
+    return service
+
+
+@pytest.fixture
+def ingest(mqtt_settings: MqttSettings, site_id: str, store: Store) -> Iterator[IngestService]:
+    client_id = f"test-ingest-{site_id}"
+    service = start_ingest(mqtt_settings, store, (site_id,), client_id)
     yield service
     service.stop()
     purge_session(mqtt_settings, client_id)
@@ -119,18 +126,12 @@ def test_restarted_worker_gets_its_queue_back(mqtt_settings: MqttSettings, publi
                                               store: Store, site_id: str) -> None:
     """A worker that stops returns with the same client id and receives what was published meanwhile."""
     client_id = f"test-ingest-restart-{site_id}"
-    settings = IngestSettings.load(None, mqtt=mqtt_settings, sites=(site_id,), client_id=client_id,
-                                   share_group=None, batch_max_age_s=0.05, stats_interval_s=0)
-    first = IngestService(settings, store)
-    first.start()
-    assert first.wait_connected(10)
-    time.sleep(0.2)
+    first = start_ingest(mqtt_settings, store, (site_id,), client_id, share_group=None)
     first.stop()
     topic = TelemetryTopic(site_id, "gw1", "pump-2").format()
     for seq in range(20):
         publisher.publish(topic, encode(_telemetry(seq, 10)), qos=1).wait_for_publish(5)
-    second = IngestService(settings, store)
-    second.start()
+    second = start_ingest(mqtt_settings, store, (site_id,), client_id, share_group=None)
     try:
         wait_until(lambda: second.stats.readings >= 200, what="200 queued readings after restart")
     finally:
