@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Annotated, cast
 
 from fastapi import Depends, Path, Request
+from sqlalchemy import Engine
 
 from api.settings import ApiSettings
 from ingest.store import Store
@@ -21,6 +22,10 @@ from wire import check_id
 
 async def store(request: Request) -> Store:
     return cast(Store, request.state.store)
+
+
+async def engine(request: Request) -> Engine:
+    return cast(Engine, request.state.engine)
 
 
 async def settings(request: Request) -> ApiSettings:
@@ -47,6 +52,7 @@ async def device_ref(
 
 
 StoreDep = Annotated[Store, Depends(store)]
+EngineDep = Annotated[Engine, Depends(engine)]
 SettingsDep = Annotated[ApiSettings, Depends(settings)]
 NowMsDep = Annotated[int, Depends(now_ms)]
 DeviceRefDep = Annotated[DeviceRef, Depends(device_ref)]

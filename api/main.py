@@ -13,9 +13,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from sqlalchemy import Engine, create_engine
 from starlette.concurrency import run_in_threadpool
 
 from api import errors
@@ -33,21 +35,37 @@ TAGS: list[dict[str, Any]] = [
 ]
 
 
+def open_database(url: str) -> Engine:
+    """The relational database's engine, its schema brought up to date.
+
+    Each package that owns tables (maintenance, analytics, alerting) brings its own schema
+    up to date here with its own Alembic history (own version table), so packages never
+    share migrations."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, pool_pre_ping=True)
+    return engine
+
+
 def create_app(settings: ApiSettings, store: Store | None = None) -> FastAPI:
     """The API app reading ``store``, or the store of ``settings.store`` opened at startup."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        if store is not None:
-            yield {"store": store, "settings": settings}
-            return
-        # Opening may touch disk or the network; keep it off the event loop.
-        opened = await run_in_threadpool(open_store, settings.store)
-        log.info("api: store opened (%s)", settings.store.influx_url or settings.store.path)
+        engine = await run_in_threadpool(open_database, settings.database_url)
         try:
-            yield {"store": opened, "settings": settings}
+            if store is not None:
+                yield {"store": store, "settings": settings, "engine": engine}
+                return
+            # Opening may touch disk or the network; keep it off the event loop.
+            opened = await run_in_threadpool(open_store, settings.store)
+            log.info("api: store opened (%s)", settings.store.influx_url or settings.store.path)
+            try:
+                yield {"store": opened, "settings": settings, "engine": engine}
+            finally:
+                await run_in_threadpool(opened.close)
         finally:
-            await run_in_threadpool(opened.close)
+            engine.dispose()
 
     app = FastAPI(
         title="Vigil API",

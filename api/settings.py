@@ -25,6 +25,9 @@ class ApiSettings(RoleSettings):
     # 0 asks the OS for a free port; the port actually bound is logged at start.
     port: int = Field(8000, ge=0, le=65535)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    # The relational database (assets, work orders, anomalies, alerts): SQLite by default,
+    # PostgreSQL in production, e.g. postgresql+psycopg://vigil@127.0.0.1/vigil.
+    database_url: str = "sqlite:///var/vigil.db"
     # A device whose newest reading is older than this is shown "stale" even when its
     # agent says it is online: the agent is up but the device (or its driver) is silent.
     offline_after_s: float = Field(120.0, gt=0, le=30 * 86400)

@@ -73,7 +73,9 @@ def run(settings: DemoSettings, stop: threading.Event) -> None:
         None, mqtt=mqtt, store=store_settings, share_group=None, client_id="vigil-demo-ingest",
         stats_interval_s=60,
     )
-    api_settings = ApiSettings.load(None, host=settings.host, port=settings.port, store=store_settings)
+    database_url = f"sqlite:///{settings.data_dir / 'vigil.db'}"
+    api_settings = ApiSettings.load(None, host=settings.host, port=settings.port, store=store_settings,
+                                    database_url=database_url)
     sim_settings = SimSettings.load(
         None, mqtt=mqtt, seed=settings.seed, devices=settings.devices, sites=settings.sites,
         interval_s=settings.interval_s,
