@@ -89,17 +89,37 @@ ROLES: dict[str, tuple[str, str, str]] = {
 }
 
 
+# One-shot commands under a role: ``vigil <role> <action> [options]``, e.g. ``vigil sim score``.
+# Each is a module with ``add_arguments(parser: argparse.ArgumentParser) -> None`` and
+# ``main(settings, args: argparse.Namespace) -> int``; it gets the role's settings, loaded
+# as for the role itself. Register here: role -> {action: (help, module path)}.
+ACTIONS: dict[str, dict[str, tuple[str, str]]] = {}
+
+
+def _common(name: str) -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, metavar="FILE",
+                        help=f"TOML file whose [{name}] table holds settings (environment variables win)")
+    common.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return common
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vigil", description="Vigil: building equipment and security "
                                      "monitoring that turns faults into work for people.")
     sub = parser.add_subparsers(dest="role", required=True, metavar="ROLE")
     for name, (text, cls_path, _run) in ROLES.items():
         settings_cls, _ = _role(cls_path, _run)
+        common = _common(name)
         p = sub.add_parser(name, help=text, description=text, epilog=_settings_help(settings_cls()),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--config", type=Path, metavar="FILE",
-                       help=f"TOML file whose [{name}] table holds settings (environment variables win)")
-        p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+                           formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common])
+        actions = ACTIONS.get(name, {})
+        if actions:
+            acts = p.add_subparsers(dest="action", metavar="ACTION",
+                                    help="without one, the role runs until stopped")
+            for action, (action_help, module) in actions.items():
+                a = acts.add_parser(action, help=action_help, description=action_help, parents=[common])
+                __import__(module, fromlist=["add_arguments"]).add_arguments(a)
     return parser
 
 
@@ -114,6 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"vigil {args.role}: {e}", file=sys.stderr)
         return 2
+    action = getattr(args, "action", None)
+    if action is not None:
+        module = __import__(ACTIONS[args.role][action][1], fromlist=["main"])
+        try:
+            return int(module.main(settings, args))
+        except Exception as e:
+            if not isinstance(e, _start_errors()):
+                raise
+            print(f"vigil {args.role} {action}: {e}", file=sys.stderr)
+            return 2
     stop = threading.Event()
     _install_signals(stop)
     try:
