@@ -14,7 +14,7 @@ ROLES = ["demo", "edge", "ingest", "api", "sim"]
 
 
 def vigil(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([VIGIL, *args], env={**os.environ, **(env or {})}, capture_output=True,
+    return subprocess.run([VIGIL, *args], check=False, env={**os.environ, **(env or {})}, capture_output=True,
                           text=True, timeout=60)
 
 
