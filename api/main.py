@@ -20,10 +20,25 @@ from fastapi import FastAPI
 from sqlalchemy import Engine, create_engine
 from starlette.concurrency import run_in_threadpool
 
+from alerting import db as alerting_db
+from analytics import db as analytics_db
 from api import errors
-from api.routers import agents, dead_letters, devices, health
+from api.routers import (
+    agents,
+    alerting_incidents,
+    alerting_oncall,
+    anomalies,
+    dead_letters,
+    devices,
+    health,
+    maint_assets,
+    maint_common,
+    maint_pm,
+    maint_workorders,
+)
 from api.settings import ApiSettings
 from ingest.store import Store, open_store
+from maintenance import db as maintenance_db
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +47,12 @@ TAGS: list[dict[str, Any]] = [
     {"name": "devices", "description": "Devices seen on the bus, their presence and their readings."},
     {"name": "agents", "description": "Edge agents and their latest status message."},
     {"name": "dead letters", "description": "Messages that could not be stored, with the reason."},
+    {"name": "anomalies", "description": "Equipment anomalies found by analytics, with their history."},
+    {"name": "assets", "description": "The asset ledger: sites, locations, equipment, devices, CSV."},
+    {"name": "work orders", "description": "Work orders, their lifecycle and audit trail."},
+    {"name": "preventive maintenance and inspections", "description": "PM schedules, routes and rounds."},
+    {"name": "alerting", "description": "On-call pages: incidents, ack/resolve (API and phone links), "
+                                        "who is on call, rotations, policies, routes, silences."},
 ]
 
 
@@ -44,6 +65,9 @@ def open_database(url: str) -> Engine:
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, pool_pre_ping=True)
+    maintenance_db.upgrade(engine)  # the asset ledger and work orders
+    analytics_db.upgrade(engine)  # anomalies
+    alerting_db.upgrade(engine)  # incidents, delivery attempts, silences, on-call overrides
     return engine
 
 
@@ -83,4 +107,10 @@ def create_app(settings: ApiSettings, store: Store | None = None) -> FastAPI:
     errors.install(app)
     for module in (health, devices, agents, dead_letters):
         app.include_router(module.router)
+    app.include_router(anomalies.router)
+    maint_common.install(app)
+    for maint in (maint_assets, maint_workorders, maint_pm):
+        app.include_router(maint.router)
+    for alerting_router in (alerting_incidents, alerting_oncall):
+        app.include_router(alerting_router.router)
     return app

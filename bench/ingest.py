@@ -1,15 +1,19 @@
-"""Ingest throughput and latency: simulated publishers → Mosquitto → one `vigil ingest` → InfluxDB.
+"""Ingest throughput and latency: simulated publishers → Mosquitto → `vigil ingest` workers → InfluxDB.
 
-Starts its own Mosquitto (tuned as deploy/ will be: inflight window, queue, TCP_NODELAY)
-and its own InfluxDB 1.6.7 behind nginx (as the tests do), runs one ingest process, and
-offers a steady load from publisher processes that stamp every reading with the time
-they publish it. Reports:
+Starts its own Mosquitto (deploy/mosquitto.conf: inflight window, queue, TCP_NODELAY)
+and its own InfluxDB 1.6.7 behind nginx (as the tests do), runs ``--workers`` ingest
+processes in one shared subscription group, and offers a steady load from publisher
+processes that stamp every reading with the time they publish it. Reports:
 
 - readings_per_s: readings durably written per second by ingest over the steady window;
 - p50_s / p99_s: from a reading's edge timestamp to its write being acknowledged by
   InfluxDB (from then on it is queryable), as ingest measures it;
 - stored vs published: counted in InfluxDB at the end, so a lost reading shows;
-- CPU% (of one core) and RSS of every process.
+- CPU% (of one core) and RSS of every process; ``rss_start_mb``/``rss_end_mb`` of the ingest
+  workers at the start and end of the window (flat over ``--duration 600`` means no leak);
+- with ``--outage S``: influxd is killed S seconds into the window and started again;
+  ``catch_up_s`` is from its restart until ingest is back within one second of the
+  offered load, and ``catch_up_readings_per_s`` the write rate meanwhile.
 
 The last line printed is one JSON object of the figures.
 """
@@ -34,7 +38,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.services import start_influx, start_mosquitto  # noqa: E402
+from tests.services import INFLUXD, port_open, start_influx, start_mosquitto  # noqa: E402
+from tests.test_ingest_deploy import deploy_lines  # noqa: E402
 from wire import MqttSettings  # noqa: E402
 from wire.mqtt import make_client  # noqa: E402
 from wire.topics import TelemetryTopic  # noqa: E402
@@ -117,6 +122,9 @@ def main() -> None:
     ap.add_argument("--metrics", type=int, default=10, help="metrics per device (default 10)")
     ap.add_argument("--samples", type=int, default=10,
                     help="samples per metric in one message; readings/message = metrics x samples")
+    ap.add_argument("--workers", type=int, default=1, help="ingest worker processes (default 1)")
+    ap.add_argument("--outage", type=float, default=0,
+                    help="seconds of InfluxDB outage, starting 5 s into the window (default 0: none)")
     ap.add_argument("--inflight", type=int, default=100,
                     help="broker inflight window per client = ingest batch_max_messages (default 100)")
     args = ap.parse_args()
@@ -124,35 +132,33 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="vigil-bench-"))
     influx = start_influx(tmp / "influx")
     (_host, mq_port, stop_mosquitto), mosquitto = start_mosquitto(tmp / "mosquitto", [
+        *deploy_lines(tmp / "mosquitto-data"),
         f"max_inflight_messages {args.inflight}",
-        "max_queued_messages 1000000",
-        "set_tcp_nodelay true",
     ])
     mosq_pid = mosquitto.pid
     influx.create_database("bench")
-    env = {
-        **os.environ,
-        "VIGIL_INGEST_MQTT__PORT": str(mq_port),
-        "VIGIL_INGEST_STORE__INFLUX_URL": influx.url,
-        "VIGIL_INGEST_STORE__INFLUX_BUCKET": "bench",
-        "VIGIL_INGEST_CLIENT_ID": "bench-ingest",
-        "VIGIL_INGEST_BATCH_MAX_MESSAGES": str(args.inflight),
-        "VIGIL_INGEST_STATS_INTERVAL_S": "1",
-    }
-    ingest = subprocess.Popen([str(ROOT / ".venv/bin/vigil"), "ingest"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    stats: list[tuple[float, dict[str, float]]] = []
-
-    def read_stats() -> None:
-        assert ingest.stderr is not None
-        for line in ingest.stderr:
-            if "ingest stats " in line:
-                stats.append((time.time(), json.loads(line.split("ingest stats ", 1)[1])))
-            elif "ERROR" in line or "Traceback" in line:
-                print("ingest:", line.rstrip(), file=sys.stderr)
-
-    reader = threading.Thread(target=read_stats, daemon=True)
-    reader.start()
+    stats: dict[int, list[tuple[float, dict[str, float]]]] = {}
+    workers: list[subprocess.Popen[str]] = []
+    readers = []
+    for w in range(args.workers):
+        env = {
+            **os.environ,
+            "VIGIL_INGEST_MQTT__PORT": str(mq_port),
+            "VIGIL_INGEST_STORE__INFLUX_URL": influx.url,
+            "VIGIL_INGEST_STORE__INFLUX_BUCKET": "bench",
+            "VIGIL_INGEST_CLIENT_ID": f"bench-ingest-{w}",
+            "VIGIL_INGEST_BATCH_MAX_MESSAGES": str(args.inflight),
+            "VIGIL_INGEST_STATS_INTERVAL_S": "1",
+            "VIGIL_INGEST_RETRY_MAX_S": "1",
+            **({"VIGIL_INGEST_SEEN_INTERVAL_S": "60"} if os.environ.get("BENCH_NO_GOSSIP") else {}),
+        }
+        proc = subprocess.Popen([str(ROOT / ".venv/bin/vigil"), "ingest"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        workers.append(proc)
+        stats[w] = []
+        reader = threading.Thread(target=read_stats, args=(proc, stats[w]), daemon=True)
+        reader.start()
+        readers.append(reader)
     time.sleep(2)
 
     per_pub = args.devices // args.publishers
@@ -167,60 +173,139 @@ def main() -> None:
         total_s, start_at, result)) for i in range(args.publishers)]
     for p in pubs:
         p.start()
-    samplers = {"ingest": [Sampler(ingest.pid)], "mosquitto": [Sampler(mosq_pid)],
+    samplers = {"ingest": [Sampler(w.pid) for w in workers], "mosquitto": [Sampler(mosq_pid)],
                 "influxd": [Sampler(influx.influxd_pid)], "publishers": [Sampler(p.pid or 0) for p in pubs]}
     time.sleep(start_at - time.time() + args.warmup)
     t1 = time.time()
     for group in samplers.values():
         for s in group:
             s.begin()
-    while time.time() - t1 < args.duration:
+    rss_start = sum(sm.proc.memory_info().rss for sm in samplers["ingest"]) / 2**20
+    outage_at = t1 + 5 if args.outage else None
+    restarted_at: float | None = None
+    stored_at_restart = 0.0
+    caught_up_at: float | None = None
+    restarted: subprocess.Popen[bytes] | None = None
+    while time.time() - t1 < args.duration or (restarted_at is not None and caught_up_at is None
+                                                and time.time() - restarted_at < 300):
         time.sleep(0.5)
-        for group in samplers.values():
-            for s in group:
-                s.sample()
-    t2 = time.time()
+        now = time.time()
+        if now - t1 < args.duration:
+            for group in samplers.values():
+                for s in group:
+                    if s.proc.is_running():
+                        s.sample()
+        if outage_at is not None and now >= outage_at and restarted_at is None and restarted is None:
+            os.kill(influx.influxd_pid, signal.SIGKILL)
+            print(f"influxd killed for {args.outage:.0f} s", file=sys.stderr)
+            time.sleep(args.outage)
+            restarted = restart_influxd(influx)
+            restarted_at = now = time.time()
+            stored_at_restart = total_readings(stats, restarted_at)
+            print(f"influxd back; backlog {args.rate * (restarted_at - start_at) - stored_at_restart:.0f} "
+                  "readings", file=sys.stderr)
+            continue
+        if restarted_at is not None and caught_up_at is None:
+            offered = args.rate * (min(now, start_at + total_s) - start_at)
+            # Within two seconds of traffic: ingest's stats lines come once a second.
+            if total_readings(stats, now) >= offered - 2 * args.rate:
+                caught_up_at = now
+    t2 = min(time.time(), t1 + args.duration)
     cpu: dict[str, float] = {}
     rss: dict[str, float] = {}
     for name, group in samplers.items():
         ends = [s.end(t2 - t1) for s in group]
         cpu[name] = sum(f[0] for f in ends)
         rss[name] = sum(f[1] for f in ends)
+    rss_end = sum(sm.proc.memory_info().rss for sm in samplers["ingest"]) / 2**20
     # Ingest logs cumulative counters every second; rate over the entries inside the window.
-    window = [(t, s["readings"]) for t, s in stats if t1 <= t <= t2]
-    (ta, ra), (tb, rb) = window[0], window[-1]
+    rate = 0.0
+    for series in stats.values():
+        window = [(t, s["readings"]) for t, s in series if t1 <= t <= t2]
+        (ta, ra), (tb, rb) = window[0], window[-1]
+        rate += (rb - ra) / (tb - ta)
     for p in pubs:
         p.join()
     published = sum(result.values())
     # Let ingest finish what the broker holds, then count what InfluxDB has.
-    deadline = time.time() + 60
-    while time.time() < deadline and stats[-1][1]["readings"] < published:
+    deadline = time.time() + 120
+    while time.time() < deadline and total_readings(stats, time.time()) < published:
         time.sleep(0.5)
-    ingest.send_signal(signal.SIGINT)
-    ingest.wait(30)
-    reader.join(5)
-    final = stats[-1][1]
+    for proc in workers:
+        proc.send_signal(signal.SIGINT)
+    for proc in workers:
+        proc.wait(30)
+    for reader in readers:
+        reader.join(5)
+    finals = [series[-1][1] for series in stats.values()]
+    for w, f in enumerate(finals):
+        print(f"worker {w} final stats: {json.dumps(f)}", file=sys.stderr)
     counted = influx.query('SELECT count("value") FROM /^m[0-9]+$/', db="bench")
     stored = sum(s["values"][0][1] for r in counted["results"] for s in r.get("series", []))
     stop_mosquitto()
     influx.stop()
+    if restarted is not None:
+        restarted.terminate()
+        restarted.wait(30)
 
     figures: dict[str, float] = {
+        "workers": args.workers,
         "offered_readings_per_s": args.rate,
-        "readings_per_s": round((rb - ra) / (tb - ta), 1),
-        "p50_s": final["latency_p50_s"],
-        "p99_s": final["latency_p99_s"],
+        "readings_per_s": round(rate, 1),
+        # Each worker reports its own quantiles; the worst is reported, so it never flatters.
+        "p50_s": max(f["latency_p50_s"] for f in finals),
+        "p99_s": max(f["latency_p99_s"] for f in finals),
         "published_readings": published,
         "stored_readings": stored,
         "lost_readings": published - stored,
-        "dead_letters": final["dead_letters"],
+        "dead_letters": sum(f["dead_letters"] for f in finals),
+        "duplicates": sum(f.get("duplicates", 0) for f in finals),
         "readings_per_message": readings_per_msg,
+        "duration_s": args.duration,
+        "rss_start_mb": round(rss_start, 1),
+        "rss_end_mb": round(rss_end, 1),
+        "rss_mb": round(rss_end, 1),
         **{f"{k}_cpu_pct": round(v, 1) for k, v in cpu.items()},
-        **{f"{k}_rss_mb": round(v, 1) for k, v in rss.items()},
+        **{f"{k}_rss_max_mb": round(v, 1) for k, v in rss.items()},
     }
+    if restarted_at is not None:
+        figures["outage_s"] = args.outage
+        figures["catch_up_s"] = round(caught_up_at - restarted_at, 1) if caught_up_at else -1
+        if caught_up_at:
+            written = total_readings(stats, caught_up_at) - stored_at_restart
+            figures["catch_up_readings_per_s"] = round(written / max(caught_up_at - restarted_at, 1e-3))
     for k, v in figures.items():
         print(f"{k:>28}: {v}")
     print(json.dumps(figures))
+
+
+def read_stats(proc: subprocess.Popen[str], out: list[tuple[float, dict[str, float]]]) -> None:
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "ingest stats " in line:
+            out.append((time.time(), json.loads(line.split("ingest stats ", 1)[1])))
+        elif "ERROR" in line or "Traceback" in line or "CRITICAL" in line:
+            print("ingest:", line.rstrip()[:300], file=sys.stderr)
+
+
+def total_readings(stats: dict[int, list[tuple[float, dict[str, float]]]], at: float) -> float:
+    """Readings written by all workers, by their latest stats line at or before ``at``."""
+    total = 0.0
+    for series in stats.values():
+        seen = [s["readings"] for t, s in list(series) if t <= at]
+        total += seen[-1] if seen else 0
+    return total
+
+
+def restart_influxd(influx: Any) -> subprocess.Popen[bytes]:
+    """influxd again from its own config (same ports and data); nginx in front never stopped."""
+    proc = subprocess.Popen([INFLUXD, "-config", str(influx.folder / "influxd.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = int(influx.influx_url.rsplit(":", 1)[1])
+    deadline = time.time() + 30
+    while not port_open("127.0.0.1", port) and time.time() < deadline:
+        time.sleep(0.05)
+    return proc
 
 
 if __name__ == "__main__":

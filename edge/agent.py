@@ -22,18 +22,34 @@ Invariants:
   tested to produce valid readings (the simulator's models, as a load generator) may turn
   it off with ``check_readings=False``;
 - a device's health changes are reported only on transitions (starts failing, recovers),
-  so the runtime logs an outage once when it starts and once when it ends.
+  so the runtime logs an outage once when it starts and once when it ends;
+- events (door forced, fire alarm, tamper) a driver reports are published on the
+  device's event topic at QoS 1, numbered by their own sequence (from 0 per session), so
+  telemetry numbers stay gapless for consumers that watch for lost messages; an event
+  that breaks the contract is refused like bad readings, using no number.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from edge.errors import DriverError
-from wire import Reading, Status, StatusTopic, Telemetry, TelemetryTopic, WireError, decode_telemetry, encode
-from wire.payloads import AgentState
+from wire import (
+    Event,
+    EventTopic,
+    Reading,
+    Status,
+    StatusTopic,
+    Telemetry,
+    TelemetryTopic,
+    WireError,
+    decode_event,
+    decode_telemetry,
+    encode,
+)
+from wire.payloads import AgentState, Severity
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +67,23 @@ class PollPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceEvent:
+    """Something a driver saw happen at its device; the agent numbers and publishes it."""
+
+    ts_ms: int
+    kind: str
+    severity: Severity
+    message: str = ""
+    data: Mapping[str, float | bool | str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Publication:
     """One MQTT message to publish, with the typed message it encodes."""
 
     topic: str
     payload: bytes
-    message: Telemetry | Status
+    message: Telemetry | Status | Event
     qos: int
     retain: bool
     device: str | None = None  # None for the agent's own status
@@ -93,6 +120,8 @@ class Agent:
         # Building the topics validates every id once, here, rather than at each publish.
         self._status_topic = StatusTopic(site, agent).format()
         self._telemetry_topics = {d: TelemetryTopic(site, agent, d).format() for d in ids}
+        self._event_topics: dict[str, str] = {}  # built on a device's first event
+        self._event_seq = 0
         self._interval = {p.device: p.poll_interval_ms for p in self._plans}
         self._heap: list[tuple[int, int]] = []  # (due_ms, index into _plans)
         self._seq = 0
@@ -165,6 +194,24 @@ class Agent:
         # Numbers are taken only once every batch is valid, so a refused poll leaves no gap.
         self._seq = seq
         return out
+
+    def event(self, device: str, event: DeviceEvent) -> Publication:
+        """The message of one event of ``device``; raise DriverError if it breaks the contract."""
+        topic = self._event_topics.get(device)
+        if topic is None:
+            if device not in self._interval:
+                raise DriverError(f"device {device}: not a device of agent {self.agent}")
+            topic = self._event_topics[device] = EventTopic(self.site, self.agent, device).format()
+        try:
+            message = Event(v=1, seq=self._event_seq, ts_ms=event.ts_ms, kind=event.kind,
+                            severity=event.severity, message=event.message, data=dict(event.data))
+            payload = encode(message)
+            if self.check_readings:
+                decode_event(payload)
+        except (WireError, TypeError, ValueError) as e:
+            raise DriverError(f"device {device}: the driver reported an invalid event: {e}") from None
+        self._event_seq += 1
+        return Publication(topic, payload, message, qos=1, retain=False, device=device)
 
     def _status(self, state: AgentState, now_ms: int, reason: str) -> Publication:
         message = Status(v=1, state=state, ts_ms=now_ms, boot=self.boot, reason=reason)

@@ -17,6 +17,10 @@ Invariants:
 - a driver that raises fails that device's poll only: it is counted, logged once when the
   device starts failing and once when it recovers, and the other devices keep their
   schedule (drivers must not block for long: they run on the scheduler thread);
+- a driver may also report events: if it has ``take_events()`` (see ``EventSource``),
+  the runtime calls it after each successful ``read`` and publishes what it returns after
+  that poll's telemetry (``take_events`` raising fails the poll like a failed read; an
+  event that breaks the contract is logged and dropped, alone);
 - ``on_acked`` is called once per message the broker acknowledged (paho's on_publish),
   from paho's network thread, with the exact ``Publication`` sent; it must be quick and
   must not publish;
@@ -33,15 +37,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 
-from edge.agent import Agent, PollPlan, Publication
+from edge.agent import Agent, DeviceEvent, PollPlan, Publication
 from edge.boot import next_boot
 from edge.config import AgentConfig, load_config
 from edge.drivers import DRIVERS, DeviceInfo, Driver, DriverSpec
-from edge.errors import EdgeError
+from edge.errors import DriverError, EdgeError
 from edge.settings import EdgeSettings
 from wire import MqttSettings, WireError
 from wire.mqtt import make_client, set_nodelay
@@ -50,6 +54,13 @@ log = logging.getLogger(__name__)
 
 OnAcked = Callable[[Publication], None]
 _ACCEPTED = (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)  # NO_CONN: queued, sent on connect
+
+
+class EventSource(Protocol):
+    """A driver that also reports events (door forced, fire alarm, tamper)."""
+
+    def take_events(self) -> Sequence[DeviceEvent]:
+        """Events seen since the last call, oldest first; each is returned once."""
 
 
 def wall_ms() -> int:
@@ -187,8 +198,11 @@ class AgentRuntime:
             try:
                 if device not in self._started_drivers:
                     self._start_driver(device, raise_errors=True)
-                readings = self.drivers[device].read(now_ms)
+                driver = self.drivers[device]
+                readings = driver.read(now_ms)
                 publications = core.telemetry(device, readings)
+                take_events = getattr(driver, "take_events", None)  # see EventSource
+                events = take_events() if take_events is not None else ()
             except Exception as e:  # a driver's failure is its device's, not the agent's
                 self._poll_failures += 1
                 if core.poll_failed(device):
@@ -204,6 +218,13 @@ class AgentRuntime:
                     core.site, core.agent, device, failed,
                 )
             for pub in publications:
+                self._publish(pub)
+            for event in events:
+                try:
+                    pub = core.event(device, event)
+                except DriverError as e:  # this event only: the poll's telemetry is already out
+                    log.error("device %s/%s/%s: %s", core.site, core.agent, device, e)
+                    continue
                 self._publish(pub)
 
     def next_due_ms(self) -> int | None:

@@ -36,6 +36,7 @@ class Batch:
     telemetry: list[tuple[TelemetryTopic, Telemetry]] = field(default_factory=list)
     statuses: list[tuple[StatusTopic, Status]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    letters_written: list[DeadLetter] = field(default_factory=list)  # set by the writer once durable
     acks: list[Ack] = field(default_factory=list)
     readings: int = 0
     messages: int = 0
@@ -76,6 +77,10 @@ class Batcher:
     def add_dead_letter(self, letter: DeadLetter, *, mid: int, qos: int, generation: int, now: float) -> None:
         self._batch.dead_letters.append(letter)
         self._note(mid, qos, generation, now)
+
+    def add_split_letter(self, letter: DeadLetter) -> None:
+        """A dead letter split off a message already added (its ack goes with that message)."""
+        self._batch.dead_letters.append(letter)
 
     @property
     def pending_messages(self) -> int:

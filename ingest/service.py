@@ -9,10 +9,16 @@ Invariants:
 - bad input never stops the worker: a payload or topic that does not satisfy the wire
   contract becomes a dead letter with the decoder's reason, and the messages around it
   are stored as usual;
-- a store outage is retried without limit (exponential backoff); the broker holds the
-  backlog meanwhile, because nothing unwritten is acked;
-- a batch the store refuses for its content is retried message by message, so one bad
-  message costs only itself: it becomes a dead letter with the store's reason.
+- write errors are sorted as Telegraf's InfluxDB output sorts them: 429/5xx/timeouts/refused
+  connections are retried without limit (exponential backoff, at least the server's
+  Retry-After); the broker holds the backlog meanwhile, because nothing unwritten is acked.
+  401/403 are retried the same way (the data is kept, acks stop) and raised as an alert:
+  a critical log every ``auth_alert_interval_s``, ``/healthz`` 503, a metric at 1;
+- a write the store refuses for its content (400/422, 413) is sorted: the readings the
+  server names are dead-lettered with its reason and the rest rewritten; when it names none,
+  the write is halved until each refused part is found (down to single readings). One bad
+  reading costs only itself. Partial retries are safe: a rewritten reading replaces itself;
+- every dead letter carries a reason code (ingest.validate.Code) and a human reason.
 """
 
 from __future__ import annotations
@@ -21,29 +27,46 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
+import msgspec
 import paho.mqtt.client as mqtt
 
+from ingest.accounting import Accounting, GapDecision
 from ingest.batcher import Batch, Batcher
+from ingest.metrics import MetricsServer, Snapshot
 from ingest.settings import IngestSettings
 from ingest.stats import IngestStats
 from ingest.store import DeadLetter, Store, StoreError
-from wire import (
-    StatusTopic,
-    Telemetry,
-    TelemetryTopic,
-    WireError,
-    decode_status,
-    decode_telemetry,
-    encode,
-    parse_topic,
+from ingest.validate import Accepted, Code, InputError, Policy, check_message
+from wire import StatusTopic, Telemetry, TelemetryTopic, WireError, encode
+from wire.ingest_events import (
+    GapEvent,
+    SeenSeqs,
+    decode_seen,
+    encode_event,
+    gap_anomaly,
+    gap_topic,
+    seen_filter,
+    seen_topic,
 )
 from wire.mqtt import make_client, set_nodelay
-from wire.topics import shared, status_filter, telemetry_filter
+from wire.topics import PREFIX, shared, status_filter, telemetry_filter
 
 log = logging.getLogger("vigil.ingest")
+
+Item = tuple[TelemetryTopic, Telemetry]
+LETTER_LOG_PER_MINUTE = 100
+
+
+def agent_of(topic: str) -> tuple[str, str]:
+    """(site, agent) of a Vigil topic for accounting; ("", "") when the topic has none."""
+    parts = topic.split("/")
+    if len(parts) >= 5 and f"{parts[0]}/{parts[1]}" == PREFIX:
+        return parts[2][:64], parts[3][:64]
+    return "", ""
 
 
 class IngestService:
@@ -52,6 +75,21 @@ class IngestService:
         self.store = store
         self.stats = IngestStats()
         self._clock = clock
+        self._policy = Policy(
+            max_payload_bytes=settings.max_payload_bytes,
+            max_age_ms=None if settings.ts_max_age_s is None else int(settings.ts_max_age_s * 1000),
+            max_ahead_ms=None if settings.ts_max_ahead_s is None else int(settings.ts_max_ahead_s * 1000),
+            sites=frozenset(settings.sites),
+        )
+        self.accounting = Accounting(gap_open_after_s=settings.gap_open_after_s)
+        # The store's state as the last write found it (for /healthz and the alert).
+        self._store_ok = True
+        self._store_problem = ""
+        self._unauthorized = False
+        self._letter_log_minute, self._letters_logged, self._letters_unlogged = -1, 0, 0
+        self._metrics: MetricsServer | None = None
+        if settings.metrics_port is not None:
+            self._metrics = MetricsServer(settings.metrics_host, settings.metrics_port, self.snapshot)
         self._batcher = Batcher(
             max_readings=settings.batch_max_readings,
             max_messages=settings.batch_max_messages,
@@ -72,20 +110,54 @@ class IngestService:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        # Workers of a group tell each other which sequence numbers they received over a
+        # connection of its own (clean session, QoS 1, automatic acks): on the data connection
+        # the gossip would wait in the inflight window behind unacked telemetry, and at QoS 0
+        # the broker drops it whenever that window is full, which under load is most of the time.
+        self._gossip: mqtt.Client | None = None
+        if settings.share_group:
+            self._gossip = make_client(settings.mqtt, f"{settings.client_id[:58]}.seen", clean_session=True)
+            self._gossip.on_connect = self._on_gossip_connect
+            self._gossip.on_subscribe = self._on_gossip_subscribed
+            self._gossip.on_message = self._on_gossip
+        self._gossip_ready = threading.Event()
+        if self._gossip is None:
+            self._gossip_ready.set()
 
     # -- lifecycle ------------------------------------------------------------------
+    @property
+    def metrics_port(self) -> int | None:
+        return self._metrics.port if self._metrics is not None else None
+
+    def snapshot(self) -> Snapshot:
+        """Accounting and health, copied under the lock (for /metrics, /healthz and tests)."""
+        with self._cond:
+            agents = {k: replace(a, gaps=list(a.gaps), dead_letters=dict(a.dead_letters))
+                      for k, a in self.accounting.agents.items()}
+            counters = {k: v for k, v in self.stats.snapshot().items()}
+            return Snapshot(self.settings.client_id, agents, counters, self._store_ok, self._store_problem,
+                            self._unauthorized)
+
     def start(self, connect_timeout_s: float = 10.0) -> None:
+        if self._metrics is not None:
+            self._metrics.start()
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
         self._writer.start()
         mq = self.settings.mqtt
         self._client.connect_async(mq.host, mq.port, keepalive=mq.keepalive_s)
         self._client.loop_start()
+        if self._gossip is not None:
+            self._gossip.connect_async(mq.host, mq.port, keepalive=mq.keepalive_s)
+            self._gossip.loop_start()
         if not self._connected.wait(connect_timeout_s):
             log.warning("ingest: broker %s:%s not reachable yet; retrying in the background",
                         mq.host, mq.port)
 
     def wait_connected(self, timeout_s: float) -> bool:
-        return self._connected.wait(timeout_s)
+        """True once connected (and, in a group, hearing the other workers' sequence numbers)."""
+        deadline = time.monotonic() + timeout_s
+        connected = self._connected.wait(timeout_s)
+        return connected and self._gossip_ready.wait(max(0.0, deadline - time.monotonic()))
 
     def stop(self, drain_s: float = 10.0) -> None:
         """Stop taking messages, write and ack what was received, then disconnect.
@@ -105,6 +177,11 @@ class IngestService:
         self._client.loop_write()  # push queued acks out before saying goodbye
         self._client.disconnect()
         self._client.loop_write()
+        if self._gossip is not None:
+            self._gossip.disconnect()
+            self._gossip.loop_stop()
+        if self._metrics is not None:
+            self._metrics.stop()
         self._log_stats()
 
     # -- paho callbacks (network thread) ----------------------------------------------
@@ -130,54 +207,120 @@ class IngestService:
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         now = self._clock()
+        raw_topic = bytes(msg._topic)  # msg.topic raises on bad UTF-8
         payload = bytes(msg.payload)
         with self._cond:
             gen = self._generation
             try:
-                topic = parse_topic(msg.topic)
-                if isinstance(topic, TelemetryTopic):
-                    self._batcher.add_telemetry(
-                        topic, decode_telemetry(payload), mid=msg.mid, qos=msg.qos, generation=gen, now=now
-                    )
-                elif isinstance(topic, StatusTopic):
-                    self._batcher.add_status(
-                        topic, decode_status(payload), mid=msg.mid, qos=msg.qos, generation=gen, now=now
-                    )
-                else:
-                    raise WireError(f"ingest does not take {type(topic).__name__} messages")
-            except (WireError, UnicodeDecodeError) as e:
-                self._dead_letter(msg, payload, str(e), gen, now)
+                accepted = check_message(raw_topic, payload, int(now * 1000), self._policy)
+            except InputError as e:
+                self._dead_letter(msg, raw_topic, payload, e.code, e.reason, gen, now)
             except Exception as e:  # a bug must not kill paho's loop and stop all ingest
                 log.exception("ingest: unexpected error on a message")
-                self._dead_letter(msg, payload, f"internal error while decoding: {e!r}", gen, now)
+                self._dead_letter(msg, raw_topic, payload, Code.INTERNAL,
+                                  f"internal error while decoding: {e!r}", gen, now)
+            else:
+                self._add(accepted, msg, gen, now)
             if self._batcher.flush_due(now):
                 self._cond.notify()
 
-    def _dead_letter(self, msg: mqtt.MQTTMessage, payload: bytes, reason: str, gen: int, now: float) -> None:
-        topic = bytes(msg._topic).decode("utf-8", "backslashreplace")  # msg.topic raises on bad UTF-8
-        letter = DeadLetter(int(now * 1000), topic, payload, reason)
+    def _add(self, accepted: Accepted, msg: mqtt.MQTTMessage, gen: int, now: float) -> None:
+        topic, message = accepted.topic, accepted.message
+        if isinstance(topic, TelemetryTopic) and isinstance(message, Telemetry):
+            n = len(message.readings) + sum(len(t.readings) for _, _, t in accepted.rejected)
+            if self.accounting.received(topic.site, topic.agent, message.seq, n, now):
+                self.stats.duplicates += 1
+            self._batcher.add_telemetry(topic, message, mid=msg.mid, qos=msg.qos, generation=gen, now=now)
+            for code, reason, part in accepted.rejected:
+                self._batcher.add_split_letter(
+                    DeadLetter(int(now * 1000), topic.format(), encode(part), reason, code=code))
+        elif isinstance(topic, StatusTopic) and not isinstance(message, Telemetry):
+            self._batcher.add_status(topic, message, mid=msg.mid, qos=msg.qos, generation=gen, now=now)
+
+    def _dead_letter(self, msg: mqtt.MQTTMessage, raw_topic: bytes, payload: bytes, code: str, reason: str,
+                     gen: int, now: float) -> None:
+        topic = raw_topic.decode("utf-8", "backslashreplace")
+        letter = DeadLetter(int(now * 1000), topic, payload, reason, code=code)
         self._batcher.add_dead_letter(letter, mid=msg.mid, qos=msg.qos, generation=gen, now=now)
+
+    def _on_gossip_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if not reason.is_failure:
+            client.subscribe(seen_filter(), 1)
+
+    def _on_gossip_subscribed(self, *_args: Any) -> None:
+        self._gossip_ready.set()
+
+    def _on_gossip(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        self._on_seen(bytes(msg.payload), self._clock())
+
+    def _on_seen(self, payload: bytes, now: float) -> None:
+        try:
+            seen = decode_seen(payload)
+        except WireError as e:
+            log.warning("ingest: ignoring a bad seen-sequences message: %s", e)
+            return
+        if seen.worker == self.settings.client_id:
+            return
+        with self._cond:
+            for site, agent, spans in seen.seen:
+                for lo, hi in spans:
+                    for seq in range(lo, min(hi, lo + 100_000) + 1):
+                        self.accounting.seen_elsewhere(site, agent, seq, now)
 
     # -- writer thread ----------------------------------------------------------------
     def _write_loop(self) -> None:
         next_stats = self._clock() + self.settings.stats_interval_s
+        next_seen = self._clock() + self.settings.seen_interval_s
         while True:
+            now = self._clock()
+            if now >= next_seen:
+                next_seen = now + self.settings.seen_interval_s
+                self._publish_accounting(now)
+            if self.settings.stats_interval_s and now >= next_stats:
+                next_stats = now + self.settings.stats_interval_s
+                self._log_stats()
             with self._cond:
+                batch = None
                 while True:
                     now = self._clock()
                     if self._batcher.flush_due(now) or (self._stopping and self._batcher.pending_messages):
+                        batch = self._batcher.take()
                         break
                     if self._stopping:
                         return
+                    if now >= next_seen:
+                        break  # the accounting tick, at the top of the outer loop
                     due = self._batcher.due_at()
-                    self._cond.wait(timeout=min(1.0, due - now) if due is not None else 1.0)
-                batch = self._batcher.take()
+                    wait = min(1.0, next_seen - now, due - now if due is not None else 1.0)
+                    self._cond.wait(timeout=max(wait, 0.001))
+            if batch is None:
+                continue
             if not self._store(batch):
                 return  # stopping with the store down: leave the batch unacked
             self._ack(batch)
-            if self.settings.stats_interval_s and self._clock() >= next_stats:
-                next_stats = self._clock() + self.settings.stats_interval_s
-                self._log_stats()
+
+    def _publish_accounting(self, now: float) -> None:
+        """Tell the group what arrived here, and publish gap events that fell due."""
+        with self._cond:
+            seen = self.accounting.drain_seen() if self.settings.share_group else []
+            events = self.accounting.due_events(now) if self.settings.publish_gaps else []
+        if seen:
+            message = SeenSeqs(v=1, worker=self.settings.client_id,
+                               seen=tuple((site, agent, tuple(spans)) for site, agent, spans in seen))
+            if self._gossip is not None:
+                self._gossip.publish(seen_topic(self.settings.client_id), encode_event(message), qos=1)
+        for decision in events:
+            self._publish_gap(decision, now)
+
+    def _publish_gap(self, d: GapDecision, now: float) -> None:
+        event = GapEvent(v=1, site=d.site, agent=d.agent, first_seq=d.first, last_seq=d.last,
+                         state="open" if d.state == "open" else "closed", opened_ms=int(d.opened_at * 1000),
+                         ts_ms=int(now * 1000), worker=self.settings.client_id)
+        log.warning("ingest: sequence gap %s of %s/%s: messages %d..%d (%d) since %.0f s",
+                    event.state, d.site, d.agent, d.first, d.last, event.missing, now - d.opened_at)
+        self._client.publish(gap_topic(d.site, d.agent), encode_event(event), qos=1)
+        alarm, anomaly = gap_anomaly(event)
+        self._client.publish(alarm.format(), msgspec.json.encode(anomaly), qos=1)
 
     def _store(self, batch: Batch) -> bool:
         """Write the batch durably; return False only when stopping gave up on the store."""
@@ -190,11 +333,23 @@ class IngestService:
         st.statuses += len(batch.statuses)
         st.dead_letters += len(batch.dead_letters)
         now_ms = self._clock() * 1000
-        for _topic, message in batch.telemetry:
+        stored: dict[tuple[str, str], list[int]] = {}
+        counted: set[tuple[TelemetryTopic, int]] = set()
+        for topic, message in batch.telemetry:
             n = len(message.readings)
             st.readings += n
             oldest = min(r.ts_ms for r in message.readings) if n > 1 else message.readings[0].ts_ms
             st.latency.add(max(0.0, (now_ms - oldest) / 1000), n)
+            totals = stored.setdefault((topic.site, topic.agent), [0, 0])
+            if (topic, message.seq) not in counted:  # a message split by a refusal counts once
+                counted.add((topic, message.seq))
+                totals[0] += 1
+            totals[1] += n
+        with self._cond:
+            for (site, agent), (messages, readings) in stored.items():
+                self.accounting.stored(site, agent, messages, readings)
+            for letter in batch.letters_written:
+                self.accounting.dead_lettered(*agent_of(letter.topic), letter.code or Code.INTERNAL)
         return True
 
     def _write_contents(self, batch: Batch) -> None:
@@ -204,56 +359,139 @@ class IngestService:
             except StoreError as e:
                 if e.retryable:
                     raise
-                self._write_one_by_one(batch, e)
+                letters: list[DeadLetter] = []
+                kept = self._sort_refused(batch.telemetry, e, letters)
+                # Only now: a retryable failure while sorting starts the sorting over.
+                batch.telemetry = kept
+                batch.dead_letters.extend(letters)
         for topic, status in batch.statuses:
             self.store.write_status(topic, status)
         if batch.dead_letters:
             self.store.write_dead_letters(batch.dead_letters)
-            for letter in batch.dead_letters:
-                log.warning("ingest: dead letter from %s: %s", letter.topic[:200], letter.reason)
+            self._log_letters(batch.dead_letters)
             # Written once: a retry of a later step must not write them twice.
+            batch.letters_written.extend(batch.dead_letters)
             batch.dead_letters = []
 
-    def _write_one_by_one(self, batch: Batch, error: StoreError) -> None:
-        """The store refused the batch for its content: find the messages it refuses."""
-        log.warning("ingest: store refused a batch of %d messages (%s); writing them one by one",
-                    len(batch.telemetry), error)
-        kept: list[tuple[TelemetryTopic, Telemetry]] = []
+    def _log_letters(self, letters: Sequence[DeadLetter]) -> None:
+        """One line per dead letter, at most LETTER_LOG_PER_MINUTE a minute (a flood of garbage
+        must not flood the log too; the store has every one)."""
+        minute = int(self._clock() // 60)
+        if minute != self._letter_log_minute:
+            if self._letters_unlogged:
+                log.warning("ingest: %d more dead letters in the last minute were not logged; "
+                            "`vigil ingest deadletters list` shows them", self._letters_unlogged)
+            self._letter_log_minute, self._letters_logged, self._letters_unlogged = minute, 0, 0
+        for letter in letters:
+            if self._letters_logged >= LETTER_LOG_PER_MINUTE:
+                self._letters_unlogged += 1
+                continue
+            self._letters_logged += 1
+            log.warning("ingest: dead letter [%s] from %s: %s", letter.code, letter.topic[:200],
+                        letter.reason[:500])
+
+    def _write_refusable(self, items: Sequence[Item], letters: list[DeadLetter]) -> list[Item]:
+        """Write ``items``; on a content refusal, sort it. Returns what was stored."""
+        if not items:
+            return []
+        try:
+            self.store.write(items)
+        except StoreError as e:
+            if e.retryable:
+                raise
+            return self._sort_refused(items, e, letters)
+        return list(items)
+
+    def _sort_refused(
+        self, items: Sequence[Item], error: StoreError, letters: list[DeadLetter]
+    ) -> list[Item]:
+        """The store refused ``items`` for their content: keep what it takes, dead-letter the rest.
+
+        The readings the server named go to dead letters at once; without names the write is
+        halved (messages, then one message's readings) until each refused part stands alone.
+        """
+        self.stats.refused_splits += 1
+        if len(items) > 1 or error.offending:
+            log.warning("ingest: store refused %d messages (%s); sorting out the refused readings",
+                        len(items), str(error)[:300])
         now_ms = int(self._clock() * 1000)
-        for item in batch.telemetry:
-            try:
-                self.store.write([item])
-                kept.append(item)
-            except StoreError as e:
-                if e.retryable:
-                    raise
-                topic, message = item
-                batch.dead_letters.append(DeadLetter(now_ms, topic.format(), encode(message),
-                                                     f"refused by the store: {e}"))
-        batch.telemetry = kept
+
+        def letter(topic: TelemetryTopic, message: Telemetry, reason: str) -> None:
+            letters.append(DeadLetter(now_ms, topic.format(), encode(message), reason,
+                                      code=Code.STORE_REFUSED))
+
+        if error.offending:
+            bad: dict[int, set[int]] = {}
+            for mi, ri in error.offending:
+                bad.setdefault(mi, set()).add(ri)
+            rest: list[Item] = []
+            for mi, (topic, message) in enumerate(items):
+                refused = bad.get(mi)
+                if not refused:
+                    rest.append((topic, message))
+                    continue
+                readings = message.readings
+                named = tuple(r for i, r in enumerate(readings) if i in refused)
+                letter(topic, msgspec.structs.replace(message, readings=named),
+                       f"refused by the store: {error}")
+                good = tuple(r for i, r in enumerate(readings) if i not in refused)
+                if good:
+                    rest.append((topic, msgspec.structs.replace(message, readings=good)))
+            return self._write_refusable(rest, letters)
+        if len(items) > 1:
+            mid = len(items) // 2
+            return self._write_refusable(items[:mid], letters) + self._write_refusable(items[mid:], letters)
+        topic, message = items[0]
+        readings = message.readings
+        if len(readings) > 1:
+            mid = len(readings) // 2
+            halves: list[Item] = [(topic, msgspec.structs.replace(message, readings=readings[:mid])),
+                                  (topic, msgspec.structs.replace(message, readings=readings[mid:]))]
+            return self._write_refusable(halves[:1], letters) + self._write_refusable(halves[1:], letters)
+        letter(topic, message, f"refused by the store: {error}")
+        return []
 
     def _retry(self, attempt: Callable[[], None]) -> bool:
         delay = self.settings.retry_initial_s
         failing_since: float | None = None
+        next_alert = 0.0
         while True:
             try:
-                attempt()
+                try:
+                    attempt()
+                except StoreError:
+                    raise
+                except Exception as bug:  # a bug must not kill the writer: keep the data, retry
+                    log.exception("ingest: unexpected error while writing; retrying")
+                    raise StoreError(f"internal error while writing: {bug!r}", retryable=True) from bug
             except StoreError as e:
                 now = self._clock()
                 if failing_since is None:
                     failing_since = now
                     log.error("ingest: store write failed (%s); retrying until it succeeds", e)
+                with self._cond:
+                    self._store_ok = False
+                    self._store_problem = str(e)[:1000]
+                    self._unauthorized = e.unauthorized
+                if e.unauthorized and now >= next_alert:
+                    next_alert = now + self.settings.auth_alert_interval_s
+                    log.critical("ALERT ingest: the store refuses ingest's credentials (HTTP %s): %s. "
+                                 "Nothing is lost: messages stay unacked with the broker until the "
+                                 "credentials are fixed (store.influx_token)", e.status, e)
                 self.stats.write_retries += 1
+                wait = max(delay, e.retry_after_s or 0.0)
                 with self._cond:
                     if self._stopping and now >= self._drain_deadline:
                         log.error("ingest: stopping with the store unavailable; the unwritten "
                                   "messages stay unacked with the broker")
                         return False
-                    self._cond.wait(timeout=delay)
+                    self._cond.wait(timeout=wait)
                 delay = min(delay * 2, self.settings.retry_max_s)
                 continue
             if failing_since is not None:
                 log.warning("ingest: store writes recovered after %.1f s", self._clock() - failing_since)
+                with self._cond:
+                    self._store_ok, self._store_problem, self._unauthorized = True, "", False
             return True
 
     def _ack(self, batch: Batch) -> None:

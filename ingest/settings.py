@@ -9,6 +9,7 @@ from pydantic_settings import SettingsConfigDict
 
 from ingest.store import StoreSettings
 from wire import MqttSettings, RoleSettings, check_id
+from wire.payloads import MAX_PAYLOAD_BYTES
 
 
 class IngestSettings(RoleSettings):
@@ -34,6 +35,32 @@ class IngestSettings(RoleSettings):
     retry_initial_s: float = Field(0.5, gt=0, le=60)
     retry_max_s: float = Field(30.0, gt=0, le=3600)
     stats_interval_s: float = Field(30.0, ge=0, le=86400)  # 0: never log stats
+    # -- what is accepted (ingest.validate) --
+    max_payload_bytes: int = Field(MAX_PAYLOAD_BYTES, ge=64, le=MAX_PAYLOAD_BYTES)
+    # Readings stamped further in the past or future than this (relative to ingest's clock)
+    # are dead-lettered as a wrong clock; the rest of their message is stored. 30 days back
+    # covers an edge that buffered through a long outage; 1 h ahead, clock skew. None: off.
+    ts_max_age_s: float | None = Field(30 * 86400.0, gt=0)
+    ts_max_ahead_s: float | None = Field(3600.0, gt=0)
+    # -- accounting and alerting (ingest.accounting) --
+    # A sequence gap still open after this long is published as an event alerting pages on
+    # (wire.ingest_events); shorter gaps are reordering or another worker's share in flight.
+    gap_open_after_s: float = Field(60.0, gt=0, le=86400)
+    publish_gaps: bool = True
+    # How often to tell the other workers of the group which sequence numbers arrived here.
+    seen_interval_s: float = Field(0.5, gt=0, le=60)
+    # While the store refuses the credentials (401/403), repeat the critical log this often.
+    auth_alert_interval_s: float = Field(60.0, gt=0, le=86400)
+    # /metrics (Prometheus) and /healthz of this worker; None: not served. Off by default
+    # because two workers on one host would fight over one port: give each its own.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+
+    @field_validator("share_group", mode="before")
+    @classmethod
+    def _empty_group_is_none(cls, v: object) -> object:
+        # VIGIL_INGEST_SHARE_GROUP= (empty) subscribes plainly: an environment cannot say None.
+        return None if v == "" else v
 
     @field_validator("sites")
     @classmethod

@@ -46,6 +46,8 @@ class IngestStats:
     batches: int = 0
     write_retries: int = 0
     acks_skipped: int = 0  # acks dropped because their connection had gone (redelivered)
+    duplicates: int = 0  # messages whose sequence number had been received already
+    refused_splits: int = 0  # writes retried in parts because the store refused their content
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     def snapshot(self) -> dict[str, float]:
@@ -57,6 +59,8 @@ class IngestStats:
             "batches": self.batches,
             "write_retries": self.write_retries,
             "acks_skipped": self.acks_skipped,
+            "duplicates": self.duplicates,
+            "refused_splits": self.refused_splits,
             "latency_p50_s": self.latency.quantile(0.5),
             "latency_p99_s": self.latency.quantile(0.99),
         }

@@ -536,7 +536,9 @@ def test_unknown_route_and_method(client: TestClient) -> None:
 def test_openapi_documents_every_route(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     paths = spec["paths"]
-    assert set(paths) == {
+    # Other packages add their routers: these are the backbone's, and every route of any
+    # package must carry a summary and a declared tag.
+    assert set(paths) >= {
         "/healthz",
         "/api/v1/devices",
         "/api/v1/agents",
@@ -548,7 +550,10 @@ def test_openapi_documents_every_route(client: TestClient) -> None:
     for path, ops in paths.items():
         for op in ops.values():
             assert op.get("summary") and op.get("tags"), path
-    assert {t["name"] for t in spec["tags"]} == {"health", "devices", "agents", "dead letters"}
+    declared = {t["name"] for t in spec["tags"]}
+    assert declared >= {"health", "devices", "agents", "dead letters"}
+    used = {tag for ops in paths.values() for op in ops.values() for tag in op["tags"]}
+    assert used <= declared, used - declared
     assert client.get("/docs").status_code == 200
 
 

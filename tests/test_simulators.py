@@ -1,10 +1,12 @@
-"""Device models (deterministic, plausible) and the fleet, run through real edge agents
-against the real Mosquitto on 127.0.0.1:1883."""
+"""Device models (deterministic, plausible, coupled) and the fleet, run through real edge
+agents against the real Mosquitto on 127.0.0.1:1883. Faults, ground truth and scoring are
+in test_simulators_faults.py; events, speed and scale in test_fleet.py."""
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import statistics
 import threading
 import time
 from collections import Counter
@@ -15,8 +17,9 @@ import pytest
 
 from edge.drivers import SignalSource
 from simulators.errors import SimError
-from simulators.fleet import DEFAULT_KINDS, Recorder, build_fleet, plan_fleet, run, site_id
-from simulators.models import DAY_MS, HOUR_MS, MODELS, DeviceModel, occupancy
+from simulators.fleet import DEFAULT_KINDS, Recorder, build_fleet, plan_fleet, site_id
+from simulators.models import DAY_MS, HOUR_MS, MODELS, Building, DeviceModel, occupancy
+from simulators.runner import run
 from simulators.settings import SimSettings
 from tests.test_edge import Tap, tap
 from wire import ConfigError, MqttSettings, Reading, TelemetryTopic, decode_telemetry, parse_topic
@@ -63,13 +66,19 @@ def test_a_model_reports_exactly_its_metrics_with_their_types(kind: str) -> None
 # Plausible ranges (kind, metric) -> (low, high), inclusive, for any seed, over a week.
 RANGES: dict[str, dict[str, tuple[float, float]]] = {
     "pump": {"flow_lps": (3, 26), "pressure_kpa": (60, 450), "motor_current_a": (1, 40),
-             "vibration_mm_s": (0, 2.8), "bearing_temp_c": (25, 70)},
-    "chiller": {"chw_supply_c": (5, 8.5), "chw_return_c": (6, 14), "power_kw": (10, 400), "cop": (3.5, 7)},
-    "ahu": {"supply_air_c": (11, 18), "return_air_c": (20, 26), "fan_speed_pct": (0, 100),
-            "filter_dp_pa": (10, 350)},
-    "power_meter": {"power_kw": (30, 500), "energy_kwh": (1e4, 1e6), "power_factor": (0.8, 1.0),
+             "vibration_mm_s": (0, 2.8), "bearing_temp_c": (25, 70), "running_hours": (2000, 40_200)},
+    "chiller": {"chw_supply_c": (5, 8.5), "chw_return_c": (6, 14), "power_kw": (10, 400), "cop": (3.5, 7),
+                "load_pct": (10, 100)},
+    "ahu": {"supply_air_c": (11, 18), "return_air_c": (19, 27), "fan_speed_pct": (0, 100),
+            "filter_dp_pa": (10, 350), "valve_pct": (0, 100)},
+    "power_meter": {"power_kw": (30, 700), "energy_kwh": (1e4, 1e6), "power_factor": (0.8, 1.0),
                     "voltage_v": (218, 236)},
     "space_sensor": {"temp_c": (17, 27), "rh_pct": (25, 70), "co2_ppm": (380, 1500)},
+    "lift": {"trips": (1e4, 2.1e6), "door_cycles": (2e4, 4.2e6), "motor_current_a": (0, 70)},
+    "fire_panel": {"battery_v": (26, 28), "zones_in_alarm": (0, 0)},
+    "camera": {"bitrate_kbps": (300, 6000), "fps": (15, 30)},
+    "nvr": {"recording_channels": (16, 64), "write_mbps": (10, 160), "disk_used_pct": (80, 100)},
+    "leak_sensor": {"battery_pct": (0, 100), "temp_c": (10, 30)},
 }
 
 
@@ -124,11 +133,13 @@ def test_the_default_plan_is_60_devices_of_every_kind_on_10_agents_in_2_sites() 
     assert [a.agent for a in plan.agents] == [f"b{s}-gw{g}" for s in (1, 2) for g in range(1, 6)]
     devices = plan.devices
     assert len(devices) == 60 and len({d.device for d in devices}) == 60
-    assert Counter(d.kind for d in devices) == dict.fromkeys(DEFAULT_KINDS, 10)
-    assert {"pump-01", "pump-10", "power-meter-03", "space-sensor-10"} <= {d.device for d in devices}
+    counts = Counter(d.kind for d in devices)
+    assert set(counts) == set(DEFAULT_KINDS) and max(counts.values()) - min(counts.values()) <= 1
+    assert {"pump-01", "pump-06", "power-meter-03", "leak-sensor-05"} <= {d.device for d in devices}
     for site in plan.sites:  # every site, and every agent, gets a mix of kinds
-        assert len({d.kind for a in plan.agents if a.site == site for d in a.devices}) == 6
+        assert len({d.kind for a in plan.agents if a.site == site for d in a.devices}) == len(DEFAULT_KINDS)
     assert all(len({d.kind for d in a.devices}) == 6 for a in plan.agents)
+    assert len({a.building_seed for a in plan.agents}) == 2  # one building per site
     assert plan_fleet(seed=1) == plan
     assert plan_fleet(seed=2).devices[0].seed != devices[0].seed
     # The seed of a device does not depend on its site's name.
@@ -233,3 +244,46 @@ def test_fleet_agents_report_counters_and_stop_cleanly(mqtt_settings: MqttSettin
         assert s.readings_published == s.readings_acked > 0
         assert s.poll_failures == s.publish_failures == s.unacked == 0
         assert not s.connected
+
+
+def test_a_site_is_coupled_through_its_building() -> None:
+    """Load drives everything: at a busy hot afternoon the chiller, its pumps, the AHU
+    valve, the meter and the room all sit higher than at night, and a chiller's water
+    temperatures and power agree with its load."""
+    building = Building(7)
+    night, day = MONDAY_MIDNIGHT + 3 * HOUR_MS, MONDAY_MIDNIGHT + 14 * HOUR_MS
+    assert building.at(day).cooling > building.at(night).cooling + 0.3
+    assert building.at(day) == Building(7).at(day)  # a pure function of seed and time
+    assert building.outdoor_c(day) != Building(8).outdoor_c(day)
+
+    def at(kind: str, t: int, metric: str) -> float:
+        model = MODELS[kind](f"{kind}-01", 3, building=building)
+        return float(sum(floats(series(model, [t + i * 60_000 for i in range(30)])[metric][-10:])) / 10)
+
+    for kind, metric in [("chiller", "power_kw"), ("chiller", "load_pct"), ("pump", "flow_lps"),
+                         ("pump", "motor_current_a"), ("ahu", "valve_pct"), ("power_meter", "power_kw"),
+                         ("space_sensor", "co2_ppm"), ("camera", "bitrate_kbps"), ("nvr", "write_mbps")]:
+        assert at(kind, day, metric) > at(kind, night, metric), (kind, metric)
+    chiller = series(MODELS["chiller"]("chiller-01", 3, building=building),
+                     [MONDAY_MIDNIGHT + i * 600_000 for i in range(144)])
+    supply, back = floats(chiller["chw_supply_c"]), floats(chiller["chw_return_c"])
+    dt = [r - s for s, r in zip(supply, back, strict=True)]
+    load = floats(chiller["load_pct"])
+    assert statistics.correlation(dt, load) > 0.95
+    assert statistics.correlation(floats(chiller["power_kw"]), load) > 0.9
+
+
+def test_counters_never_decrease_and_states_are_declared() -> None:
+    times = [MONDAY_MIDNIGHT + 8 * HOUR_MS + i * 5000 for i in range(2000)]
+    lift = series(MODELS["lift"]("lift-01", 2), times)
+    for counter in ("trips", "door_cycles"):
+        xs = floats(lift[counter])
+        assert all(b >= a for a, b in itertools.pairwise(xs)) and xs[-1] > xs[0]
+    hours = floats(series(MODELS["pump"]("pump-01", 2), times)["running_hours"])
+    assert all(b >= a for a, b in itertools.pairwise(hours)) and hours[-1] - hours[0] > 2.5
+    panel = series(MODELS["fire_panel"]("fire-panel-01", 2), times)
+    assert set(panel["state"]) == {"normal"} and set(panel["alarm"]) == {False}  # no fault, no alarm
+    assert set(series(MODELS["leak_sensor"]("leak-sensor-01", 2), times)["leak"]) == {False}
+    camera = series(MODELS["camera"]("camera-01", 2), times)
+    assert set(camera["online"]) == set(camera["recording"]) == {True}
+    assert set(lift["fault_code"]) == {"none"}

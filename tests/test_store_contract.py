@@ -226,6 +226,28 @@ def test_dead_letters_round_trip_newest_first(store: Store) -> None:
     assert len(store.dead_letters(2)) == 2
 
 
+def test_dead_letters_by_code_and_topic_prefix_then_marked_replayed(store: Store) -> None:
+    letters = [
+        DeadLetter(T0, "vigil/v1/s1/a1/d1/telemetry", b"x", "bad type", code="wrong_type"),
+        DeadLetter(T0 + 1, "vigil/v1/s1/a1/d2/telemetry", b"y", "clock", code="ts_out_of_window"),
+        DeadLetter(T0 + 2, "vigil/v1/s2.x/a1/d1/telemetry", b"z", "bad type", code="wrong_type"),
+        DeadLetter(T0 + 3, "vigil/v1/s2x/a1/d1/telemetry", b"w", "old letter"),  # from before codes
+    ]
+    store.write_dead_letters(letters)
+    assert store.dead_letters(10, code="wrong_type") == [letters[2], letters[0]]
+    # A prefix matches literally: the "." of "s2.x" is no wildcard.
+    assert store.dead_letters(10, topic_prefix="vigil/v1/s2.x/") == [letters[2]]
+    assert store.dead_letters(10, code="wrong_type", topic_prefix="vigil/v1/s1/") == [letters[0]]
+    assert store.dead_letters(10, code="nothing") == []
+    got = store.dead_letters(10)
+    assert got == letters[::-1] and len({d.id for d in got}) == 4 and all(d.replayed_ms is None for d in got)
+    store.mark_replayed([got[1].id], T0 + 99)
+    after = {d.topic: d for d in store.dead_letters(10)}
+    assert after[letters[2].topic].replayed_ms == T0 + 99
+    assert after[letters[2].topic] == letters[2]  # the rest of the letter unchanged
+    assert [d.replayed_ms for d in store.dead_letters(10) if d.topic != letters[2].topic] == [None] * 3
+
+
 def test_an_oversized_dead_letter_keeps_its_start_and_says_so(store: Store) -> None:
     payload = b"x" * (MAX_PAYLOAD_BYTES + 10)
     store.write_dead_letters([DeadLetter(T0, "t", payload, "payload too large")])

@@ -84,8 +84,15 @@ ROLES: dict[str, tuple[str, str, str]] = {
     "ingest": ("an ingest worker: MQTT telemetry into InfluxDB or the embedded store",
                "ingest.settings.IngestSettings", "ingest.service.run"),
     "api": ("the REST API and dashboard", "api.settings.ApiSettings", "api.server.run"),
+    "alerting": ("on-call pages to phones: routing, rotations, escalation, ack links (Apprise channels)",
+                 "alerting.settings.AlertingSettings", "alerting.service.run"),
     "sim": ("a simulated fleet of devices driving real edge agents",
-            "simulators.settings.SimSettings", "simulators.fleet.run"),
+            "simulators.settings.SimSettings", "simulators.runner.run"),
+    "maintenance": ("the maintenance worker: anomaly events into work orders; SLA timers, the closed "
+                    "loop, PM and inspection rounds",
+                    "maintenance.settings.MaintenanceSettings", "maintenance.service.run"),
+    "analytics": ("an analytics worker: telemetry anomalies into the database and onto _alarm topics",
+                  "analytics.settings.AnalyticsSettings", "analytics.service.run"),
 }
 
 
@@ -94,6 +101,15 @@ ROLES: dict[str, tuple[str, str, str]] = {
 # ``main(settings, args: argparse.Namespace) -> int``; it gets the role's settings, loaded
 # as for the role itself. Register here: role -> {action: (help, module path)}.
 ACTIONS: dict[str, dict[str, tuple[str, str]]] = {}
+ACTIONS.setdefault("analytics", {})["replay"] = (
+    "run the streaming detectors over recorded CSVs (NAB, SKAB) and write detections", "analytics.replay")
+ACTIONS.setdefault("ingest", {})["deadletters"] = (
+    "list dead letters, or replay them once fixed (list|replay)", "vigil.deadletters")
+ACTIONS.setdefault("sim", {})["score"] = (
+    "compare a run's ground truth with the anomalies Vigil raised: precision, recall, time to detect",
+    "simulators.score_command")
+ACTIONS.setdefault("sim", {})["record-anomalies"] = (
+    "keep every anomaly published on the _alarm topics as JSON lines, for score", "simulators.record_command")
 
 
 def _common(name: str) -> argparse.ArgumentParser:
@@ -158,13 +174,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _start_errors() -> tuple[type[Exception], ...]:
     """The errors a role stops with at start that say what to fix: no traceback for them."""
+    from alerting.errors import AlertingError
     from edge.errors import EdgeError
     from ingest.store import StoreError
+    from maintenance.errors import MaintenanceError
     from simulators.errors import SimError
     from vigil.broker import BrokerStartError
     from vigil.demo import DemoError
 
-    return (ConfigError, EdgeError, StoreError, SimError, BrokerStartError, DemoError)
+    return (ConfigError, EdgeError, StoreError, SimError, BrokerStartError, DemoError, MaintenanceError,
+            AlertingError)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,18 @@ from typing import ClassVar
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
+from sqlalchemy.orm import Session
 
+from alerting.demo import start_demo_alerting
+from analytics.service import AnalyticsService
+from analytics.settings import AnalyticsSettings
 from api.settings import ApiSettings
 from ingest.service import IngestService
 from ingest.settings import IngestSettings
 from ingest.store import StoreSettings, open_store
+from maintenance.ledger import seed as seed_ledger
+from maintenance.service import MaintenanceService
+from maintenance.settings import MaintenanceSettings
 from simulators.settings import SimSettings
 from vigil.broker import EmbeddedBroker
 from wire import MqttSettings, RoleSettings
@@ -47,6 +54,10 @@ class DemoSettings(RoleSettings):
     devices: int = Field(60, ge=1, le=10_000)
     sites: int = Field(2, ge=1, le=100)
     interval_s: float = Field(1.0, gt=0, le=3600)
+    # Injected faults, so the demo has something to find: random, per device per simulated
+    # day, from the seed; their ground truth is written next to the data.
+    fault_rate_per_day: float = Field(4.0, ge=0, le=1000)
+    sim_speed: float = Field(1.0, gt=0, le=10_000)
 
 
 def _drain(service: IngestService, quiet_s: float = 0.5, max_s: float = 10.0) -> None:
@@ -62,9 +73,28 @@ def _drain(service: IngestService, quiet_s: float = 0.5, max_s: float = 10.0) ->
         time.sleep(0.05)
 
 
+def _start_maintenance(settings: DemoSettings, mqtt: MqttSettings, database_url: str,
+                       sim: SimSettings) -> MaintenanceService:
+    """The maintenance worker on the demo's database, its ledger seeded from the fleet."""
+    from simulators.fleet import plan_fleet
+
+    plan = plan_fleet(seed=sim.seed, devices=sim.devices, sites=sim.sites,
+                      agents_per_site=sim.agents_per_site, kinds=sim.kinds, interval_s=sim.interval_s,
+                      site_ids=sim.site_ids)
+    service = MaintenanceService(MaintenanceSettings.load(
+        None, mqtt=mqtt, database_url=database_url, client_id="vigil-demo-maintenance",
+        sweep_interval_s=30, verify_hold_s=300))
+    with Session(service.engine) as session, session.begin():
+        added = seed_ledger(session, [(a.site, d.device, d.kind) for a in plan.agents for d in a.devices],
+                            actor="system:demo", now_ms=time.time_ns() // 1_000_000)
+    log.info("demo: asset ledger seeded with %d equipment items", added)
+    service.start()
+    return service
+
+
 def run(settings: DemoSettings, stop: threading.Event) -> None:
     from api.server import run as run_api
-    from simulators.fleet import run as run_fleet
+    from simulators.runner import run as run_fleet
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     mqtt = MqttSettings(host="127.0.0.1", port=settings.mqtt_port)
@@ -78,7 +108,8 @@ def run(settings: DemoSettings, stop: threading.Event) -> None:
                                     database_url=database_url)
     sim_settings = SimSettings.load(
         None, mqtt=mqtt, seed=settings.seed, devices=settings.devices, sites=settings.sites,
-        interval_s=settings.interval_s,
+        interval_s=settings.interval_s, fault_rate_per_day=settings.fault_rate_per_day,
+        speed=settings.sim_speed, ground_truth=settings.data_dir / "ground_truth.json", progress_s=60,
     )
 
     broker = EmbeddedBroker("127.0.0.1", settings.mqtt_port)
@@ -86,6 +117,17 @@ def run(settings: DemoSettings, stop: threading.Event) -> None:
     store = open_store(store_settings)
     ingest = IngestService(ingest_settings, store)
     ingest.start()
+    # analytics creates its tables before the API thread starts, so the two never migrate at once
+    analytics = AnalyticsService(AnalyticsSettings.load(
+        None, mqtt=mqtt, share_group=None, client_id="vigil-demo-analytics", database_url=database_url,
+        model_dir=settings.data_dir / "models"))
+    analytics.start()
+    # maintenance migrates its tables and seeds the asset ledger from the fleet's plan before
+    # the API starts, so a newcomer sees equipment (and, as anomalies arrive, work orders).
+    maintenance = _start_maintenance(settings, mqtt, database_url, sim_settings)
+    # alerting: a demo rotation paging into a file, ack links pointing at the demo's API
+    alerting, pages_file = start_demo_alerting(mqtt, database_url, settings.data_dir,
+                                               f"http://{settings.host}:{settings.port}")
     api_stop, fleet_stop, api_ready = threading.Event(), threading.Event(), threading.Event()
     api = threading.Thread(target=run_api, args=(api_settings, api_stop, store),
                            kwargs={"ready": lambda _url: api_ready.set()}, name="api", daemon=True)
@@ -95,6 +137,9 @@ def run(settings: DemoSettings, stop: threading.Event) -> None:
         if not api.is_alive():  # it said why in the log (port taken, ...)
             fleet_stop.set()
             ingest.stop(drain_s=0)
+            analytics.stop()
+            maintenance.stop()
+            alerting.stop()
             broker.stop()
             store.close()
             raise DemoError(f"the API could not start on {settings.host}:{settings.port}; "
@@ -106,9 +151,15 @@ def run(settings: DemoSettings, stop: threading.Event) -> None:
         f"  API and docs:  {url}/docs\n"
         f"  devices:       {url}/api/v1/devices\n"
         f"  health:        {url}/healthz\n"
+        f"  anomalies:     {url}/api/v1/anomalies (and on the bus: vigil/v1/+/_alarm/+)\n"
+        f"  equipment:     {url}/api/v1/equipment   work orders: {url}/api/v1/work-orders\n"
+        f"  pages:         {pages_file} (on call: {url}/api/v1/alerting/oncall, "
+        f"incidents: {url}/api/v1/alerting/incidents)\n"
         f"  MQTT broker:   127.0.0.1:{settings.mqtt_port} (subscribe to vigil/v1/#)\n"
         f"  fleet:         {settings.devices} simulated devices in {settings.sites} buildings, "
         f"seed {settings.seed}\n"
+        f"  faults:        {settings.fault_rate_per_day:g} per device per day at random; ground truth in "
+        f"{settings.data_dir / 'ground_truth.json'}\n"
         f"  data:          {store_settings.path}\n"
         f"Press Ctrl-C to stop.\n",
         flush=True,
@@ -122,6 +173,9 @@ def run(settings: DemoSettings, stop: threading.Event) -> None:
         log.info("demo: draining ingest")
         _drain(ingest)
         ingest.stop()
+        analytics.stop()
+        maintenance.stop()
+        alerting.stop()
         api_stop.set()
         api.join(10)
         broker.stop()

@@ -1,16 +1,32 @@
-"""Messages ingest could not store, newest first, so a person can see why."""
+"""Messages ingest could not store, newest first, so a person can see why.
+
+Filters: ``code`` (ingest's reason code, e.g. ``wrong_type``) and ``topic_prefix``. A letter
+written with a reason code also shows ``code``, its ``id`` (what ``vigil ingest deadletters
+replay --id`` takes) and ``replayed_ms``; letters from before reason codes keep their shape.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from pydantic import Field
 
 from api.deps import SettingsDep, StoreDep
 from api.schemas import BAD_PARAM, DeadLetterList, DeadLetterOut
 from api.timerange import QueryError, iso
 
 router = APIRouter(prefix="/api/v1", tags=["dead letters"])
+
+
+class DeadLetterItem(DeadLetterOut):
+    code: str | None = Field(None, description="Ingest's reason code, e.g. wrong_type.")
+    id: str | None = Field(None, description="The letter's id in the store, for replay.")
+    replayed_ms: int | None = Field(None, description="When it was last replayed, if ever.")
+
+
+class DeadLetterPage(DeadLetterList):
+    dead_letters: list[DeadLetterItem] = Field(description="Newest first.")  # type: ignore[assignment]
 
 
 def show_payload(payload: bytes, max_bytes: int) -> tuple[str, bool]:
@@ -24,7 +40,8 @@ def show_payload(payload: bytes, max_bytes: int) -> tuple[str, bool]:
 @router.get(
     "/dead-letters",
     summary="Newest dead letters: messages that could not be stored, with the reason",
-    response_model=DeadLetterList,
+    response_model=DeadLetterPage,
+    response_model_exclude_unset=True,
     responses=BAD_PARAM,
 )
 def list_dead_letters(
@@ -33,14 +50,21 @@ def list_dead_letters(
     limit: Annotated[
         int, Query(ge=1, description="How many, newest first (at most `max_dead_letters`).")
     ] = 100,
-) -> DeadLetterList:
+    code: Annotated[str | None, Query(max_length=64, description="Only this reason code.")] = None,
+    topic_prefix: Annotated[
+        str | None, Query(max_length=256, description="Only topics starting with this.")
+    ] = None,
+) -> DeadLetterPage:
     if limit > settings.max_dead_letters:
         raise QueryError(f"limit={limit} is over the maximum of {settings.max_dead_letters}")
-    out: list[DeadLetterOut] = []
-    for letter in store.dead_letters(limit):
+    out: list[DeadLetterItem] = []
+    for letter in store.dead_letters(limit, code=code, topic_prefix=topic_prefix):
         text, cut = show_payload(letter.payload, settings.dead_letter_payload_bytes)
+        extra: dict[str, object] = {}
+        if letter.code:
+            extra = {"code": letter.code, "id": letter.id, "replayed_ms": letter.replayed_ms}
         out.append(
-            DeadLetterOut(
+            DeadLetterItem(
                 received_ms=letter.received_ms,
                 received=iso(letter.received_ms),
                 topic=letter.topic,
@@ -48,6 +72,7 @@ def list_dead_letters(
                 payload=text,
                 payload_bytes=len(letter.payload),
                 payload_truncated=cut,
+                **extra,
             )
         )
-    return DeadLetterList(dead_letters=out)
+    return DeadLetterPage(dead_letters=out)

@@ -17,7 +17,7 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from wire import Status, StatusTopic, Telemetry, TelemetryTopic
@@ -26,9 +26,30 @@ from wire import Status, StatusTopic, Telemetry, TelemetryTopic
 class StoreError(Exception):
     """A store operation failed; ``retryable`` tells ingest whether to back off and retry."""
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        offending: Sequence[tuple[int, int]] = (),
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
+        # The server's HTTP status when there was one: ingest sorts refusals by it (400/422
+        # bad data, 401/403 credentials, 413 too large).
+        self.status = status
+        # The server's Retry-After, in seconds: ingest waits at least this long.
+        self.retry_after_s = retry_after_s
+        # (message index, reading index) of the readings the server named as bad, when it
+        # named any (InfluxDB 1.x's "unable to parse '<line>'"); empty: find them by splitting.
+        self.offending = tuple(offending)
+
+    @property
+    def unauthorized(self) -> bool:
+        """Credentials refused or missing rights: an operator must act; the data is kept."""
+        return self.status in (401, 403)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +60,13 @@ class DeadLetter:
     topic: str
     payload: bytes
     reason: str
+    # Stable name of the fault (ingest.validate.Code), for filters and alerting; "" for
+    # letters written before codes existed.
+    code: str = ""
+    # Set by the store when read back: what ``mark_replayed`` takes. Not part of equality,
+    # so a letter read back equals the one written.
+    id: str = field(default="", compare=False)
+    replayed_ms: int | None = field(default=None, compare=False)  # when it was last replayed
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +141,14 @@ class Store(Protocol):
     ) -> list[RawReading]:
         """The stored readings themselves, ascending by time, at most ``limit``."""
 
-    def dead_letters(self, limit: int) -> list[DeadLetter]:
-        """The newest dead letters first, at most ``limit``."""
+    def dead_letters(
+        self, limit: int, *, code: str | None = None, topic_prefix: str | None = None
+    ) -> list[DeadLetter]:
+        """The newest dead letters first, at most ``limit``; only those of ``code`` and whose
+        topic starts with ``topic_prefix`` when given. Each comes back with its ``id``."""
+
+    def mark_replayed(self, ids: Sequence[str], replayed_ms: int) -> None:
+        """Record that these dead letters were replayed (republished) at ``replayed_ms``."""
 
     def ping(self) -> None:
         """Raise StoreError if the store cannot be reached."""

@@ -6,7 +6,10 @@ Tables (STRICT, so a value is stored exactly as the type it was given):
     readings(series_id, ts_ms, value, quality)     WITHOUT ROWID, primary key (series_id, ts_ms)
     devices(site, device, agent, last_seen_ms)     primary key (site, device)
     agent_status(site, agent, state, ts_ms, boot, reason)
-    dead_letters(id, received_ms, topic, payload, reason)
+    dead_letters(id, received_ms, topic, payload, reason, code, replayed_ms)
+
+Schema 2 added ``dead_letters.code`` and ``replayed_ms`` (columns added in place to a
+schema-1 file on open; old letters get code "").
 
 Invariants:
 - a reading is identified by (site, device, metric, ts_ms): ``INSERT OR REPLACE`` makes a
@@ -51,7 +54,7 @@ from ingest.store.lineproto import MAX_INFLUX_TS_MS
 from wire import Status, StatusTopic, Telemetry, TelemetryTopic
 from wire.payloads import MAX_PAYLOAD_BYTES
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS series (
   id INTEGER PRIMARY KEY,
@@ -158,6 +161,11 @@ class EmbeddedStore:
                 raise StoreError(f"embedded store {self._path}: cannot use WAL mode (got {mode})",
                                  retryable=False)
             self._writer.executescript(SCHEMA)
+            columns = {row[1] for row in self._writer.execute("PRAGMA table_info(dead_letters)")}
+            if "code" not in columns:
+                self._writer.execute("ALTER TABLE dead_letters ADD COLUMN code TEXT NOT NULL DEFAULT ''")
+            if "replayed_ms" not in columns:
+                self._writer.execute("ALTER TABLE dead_letters ADD COLUMN replayed_ms INTEGER")
             self._writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.Error as e:
             self._close_writer()
@@ -294,11 +302,21 @@ class EmbeddedStore:
             if len(payload) > MAX_PAYLOAD_BYTES:
                 reason += f" (payload truncated: first {MAX_PAYLOAD_BYTES} of {len(payload)} bytes kept)"
                 payload = payload[:MAX_PAYLOAD_BYTES]
-            rows.append((letter.received_ms, letter.topic, bytes(payload), reason))
+            rows.append((letter.received_ms, letter.topic, bytes(payload), reason, letter.code))
         with self._transaction(f"writing {len(rows)} dead letters") as conn:
             conn.executemany(
-                "INSERT INTO dead_letters (received_ms, topic, payload, reason) VALUES (?, ?, ?, ?)", rows
+                "INSERT INTO dead_letters (received_ms, topic, payload, reason, code) VALUES (?, ?, ?, ?, ?)",
+                rows,
             )
+
+    def mark_replayed(self, ids: Sequence[str], replayed_ms: int) -> None:
+        try:
+            keys = [(replayed_ms, int(i)) for i in ids]
+        except ValueError:
+            raise StoreError(f"dead-letter ids of the embedded store are integers, got {list(ids)[:5]}",
+                             retryable=False) from None
+        with self._transaction(f"marking {len(keys)} dead letters replayed") as conn:
+            conn.executemany("UPDATE dead_letters SET replayed_ms = ? WHERE id = ?", keys)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -355,17 +373,30 @@ class EmbeddedStore:
             found.append(RawReading(ts_ms=int(ts), value=typed, quality=str(quality or "good")))
         return found
 
-    def dead_letters(self, limit: int) -> list[DeadLetter]:
+    def dead_letters(
+        self, limit: int, *, code: str | None = None, topic_prefix: str | None = None
+    ) -> list[DeadLetter]:
         if limit <= 0:
             return []
+        where: list[str] = []
+        params: list[object] = []
+        if code is not None:
+            where.append("code = ?")
+            params.append(code)
+        if topic_prefix:
+            # substr, not LIKE: a prefix may hold % or _ and must match literally.
+            where.append("substr(topic, 1, ?) = ?")
+            params += [len(topic_prefix), topic_prefix]
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
         rows = self._fetch(
             "listing dead letters",
-            "SELECT received_ms, topic, payload, reason FROM dead_letters ORDER BY received_ms DESC, id DESC "
-            "LIMIT ?",
-            (limit,),
+            f"SELECT received_ms, topic, payload, reason, code, id, replayed_ms FROM dead_letters {clause}"
+            "ORDER BY received_ms DESC, id DESC LIMIT ?",
+            (*params, limit),
         )
-        return [DeadLetter(received_ms=int(ts), topic=str(t), payload=bytes(p), reason=str(r))
-                for ts, t, p, r in rows]
+        return [DeadLetter(received_ms=int(ts), topic=str(t), payload=bytes(p), reason=str(r), code=str(c),
+                           id=str(i), replayed_ms=None if rp is None else int(rp))
+                for ts, t, p, r, c, i, rp in rows]
 
     def ping(self) -> None:
         self._fetch("checking the file", "SELECT count(*) FROM series")

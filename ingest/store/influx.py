@@ -9,8 +9,9 @@ Schema (one database = the configured bucket):
                                                      time = start of the UTC day of the write
     _vigil_agent_status  tags agent, site            fields state, boot (int), reason
                                                      time = status ts_ms
-    _vigil_dead_letter   no tags                     fields topic, reason, and payload (UTF-8 text)
-                                                     or payload_b64 (base64, when not UTF-8)
+    _vigil_dead_letter   no tags                     fields code, topic, reason, and payload (UTF-8
+                                                     text) or payload_b64 (base64, when not UTF-8);
+                                                     replayed_ms (int) merged in when replayed
                                                      time = received_ms in ns plus a sub-ms counter
 
 Why this shape:
@@ -33,10 +34,12 @@ Invariants:
   reading replaces itself. Caveats of InfluxDB's merge of same-time points: rewriting a
   reading with a different unit makes a second point (another series), and one rewritten
   with quality "good" after "bad" keeps the old quality field;
-- every failure is ``StoreError``: 401/403/404 (credentials, no bucket: a setup fault),
-  408/429/5xx, timeouts and unreachable servers are retryable; other 4xx (400 bad data,
-  413 too large, 422) are not, and carry the server's own message. influxdb-client's retries are off:
-  ingest owns backing off;
+- every failure is ``StoreError`` with the HTTP ``status``: 401/403/404 (credentials, no
+  bucket: a setup fault), 408/429/5xx, timeouts and unreachable servers are retryable, with
+  the server's ``Retry-After``; other 4xx (400 bad data, 413 too large, 422) are not, and
+  carry the server's own message. A 400 that names the line it could not parse (1.x's
+  ``unable to parse '<line>'``) also says which reading that was (``offending``), so ingest
+  dead-letters that reading alone. influxdb-client's retries are off: ingest owns backing off;
 - the database is created on open with ``CREATE DATABASE`` (idempotent on 1.x). A server
   that cannot be reached at open does not fail the open: creation is tried again before the
   next operation, whose failure is then retryable. A refusal (2.x/3.x do not create buckets
@@ -52,6 +55,7 @@ import base64
 import itertools
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -136,6 +140,25 @@ def _retryable(status: int) -> bool:
     # data unacked with the broker until an operator fixes it, where dead-lettering it would
     # throw good readings aside (a 401 at open still stops the process at start).
     return status in (401, 403, 404, 408, 429) or status >= 500
+
+
+_UNABLE_TO_PARSE: Final = re.compile(r"unable to parse '(.*?)': ", re.S)
+
+
+def named_lines(message: str) -> list[str]:
+    """The lines an InfluxDB 1.x refusal names (``unable to parse '<line>': <why>``), in order."""
+    return _UNABLE_TO_PARSE.findall(message)
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds only; an HTTP date is ignored)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds <= 3600 else None
 
 
 def _server_message(body: bytes | str | None) -> str:
@@ -234,7 +257,8 @@ class InfluxStore:
             log.info("CREATE DATABASE %s refused (%s); assuming it exists", self._bucket, refusal)
         self._database_ready = True
 
-    def _post(self, body: bytes, precision: str, what: str) -> None:
+    def _post(self, body: bytes, precision: str, what: str,
+              owners: Sequence[tuple[int, int]] | None = None, lines: Sequence[str] = ()) -> None:
         try:
             # The library annotates the precision as its enum class, whose members are strings.
             self._write_api.write(bucket=self._bucket, org=self._org, record=body,
@@ -245,20 +269,30 @@ class InfluxStore:
             hint = " (split the batch)" if status == 413 else ""
             if status == 404:  # the database went away: create it again before the retry
                 self._database_ready = False
+            offending: list[tuple[int, int]] = []
+            if owners is not None and status in (400, 422):
+                where = {line: i for i, line in enumerate(lines)}
+                for named in named_lines(message):
+                    i = where.get(named)
+                    if i is not None and i < len(owners):
+                        offending.append(owners[i])
             raise StoreError(
                 f"InfluxDB at {self._url} refused {what} (HTTP {status}){hint}: {message}",
                 # Status 0 is the library's wrapper of a TLS failure: the data was not refused.
                 retryable=_retryable(status) or status == 0,
+                status=status,
+                retry_after_s=retry_after(getattr(e, "retry_after", None)),
+                offending=offending,
             ) from None
         except (urllib3.exceptions.HTTPError, OSError, InfluxDBError) as e:
             raise StoreError(f"InfluxDB at {self._url} unreachable while writing {what}: {e}",
                              retryable=True) from None
 
-    def _query(self, q: str) -> list[_Series]:
+    def _query(self, q: str, epoch: str = "ms") -> list[_Series]:
         """Run one InfluxQL statement; return its series (empty when nothing matched)."""
         self._ensure_database()
         try:
-            r = self._http.get("/query", params={"db": self._bucket, "q": q, "epoch": "ms"})
+            r = self._http.get("/query", params={"db": self._bucket, "q": q, "epoch": epoch})
         except httpx.HTTPError as e:
             raise StoreError(f"InfluxDB at {self._url} unreachable while querying: {e}",
                              retryable=True) from None
@@ -267,6 +301,8 @@ class InfluxStore:
                 f"InfluxDB at {self._url} refused the query (HTTP {r.status_code}): "
                 f"{_server_message(r.content)}; query: {q}",
                 retryable=_retryable(r.status_code),
+                status=r.status_code,
+                retry_after_s=retry_after(r.headers.get("Retry-After")),
             )
         try:
             reply = _REPLY.decode(r.content)
@@ -292,13 +328,15 @@ class InfluxStore:
         if not batch:
             return
         lines: list[str] = []
+        owners: list[tuple[int, int]] = []  # line -> (message, reading), to name a refused reading
         newest: dict[tuple[str, str], tuple[str, int]] = {}
-        for topic, message in batch:
+        for mi, (topic, message) in enumerate(batch):
             try:
                 ts = lineproto.reading_lines(topic.site, topic.device, message.readings, lines)
             except ValueError as e:
                 raise StoreError(f"telemetry on {topic.format()} cannot be stored: {e}",
-                                 retryable=False) from None
+                                 retryable=False, status=400) from None
+            owners.extend((mi, ri) for ri in range(len(message.readings)))
             if not ts:
                 continue  # no readings (only possible for a message built in code)
             key = (topic.site, topic.device)
@@ -314,7 +352,7 @@ class InfluxStore:
             seen = {key: max(ts, self._last_seen.get(key, 0)) for key, (_, ts) in newest.items()}
             for (site, device), (agent, _) in newest.items():
                 lines.append(lineproto.device_line(site, device, agent, seen[(site, device)], day_start))
-            self._post("\n".join(lines).encode(), WritePrecision.MS, f"{len(lines)} lines")
+            self._post("\n".join(lines).encode(), WritePrecision.MS, f"{len(lines)} lines", owners, lines)
             self._last_seen.update(seen)
 
     def _seed_last_seen(self, day_start: int) -> None:
@@ -356,7 +394,7 @@ class InfluxStore:
             except UnicodeDecodeError:
                 field, text = "payload_b64", base64.b64encode(payload).decode("ascii")
             ts_ns = letter.received_ms * 1_000_000 + next(self._letter_seq) % 1_000_000
-            lines.append(lineproto.dead_letter_line(letter.topic, field, text, reason, ts_ns))
+            lines.append(lineproto.dead_letter_line(letter.topic, field, text, reason, ts_ns, letter.code))
         self._ensure_database()
         self._post("\n".join(lines).encode(), WritePrecision.NS, f"{len(lines)} dead letters")
 
@@ -444,21 +482,50 @@ class InfluxStore:
                 found.append(RawReading(ts_ms=int(row["time"]), value=value, quality=quality))
         return found
 
-    def dead_letters(self, limit: int) -> list[DeadLetter]:
+    def dead_letters(
+        self, limit: int, *, code: str | None = None, topic_prefix: str | None = None
+    ) -> list[DeadLetter]:
         if limit <= 0:
             return []
+        where = []
+        if code is not None:
+            where.append(f'"code" = {literal(code)}')
+        if topic_prefix:
+            # A regex anchored at the start, every character escaped: a prefix matches literally.
+            pattern = re.escape(topic_prefix).replace("/", "\\/")
+            where.append(f'"topic" =~ /^{pattern}/')
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        # Nanoseconds: the letter's id is its exact point time (letters of one millisecond
+        # differ below it), which mark_replayed writes to again.
         series = self._query(
-            f'SELECT "topic", "payload", "payload_b64", "reason" FROM "{INTERNAL_PREFIX}dead_letter" '
-            f"ORDER BY time DESC LIMIT {int(limit)}"
+            f'SELECT "topic", "payload", "payload_b64", "reason", "code", "replayed_ms" '
+            f'FROM "{INTERNAL_PREFIX}dead_letter" {clause}ORDER BY time DESC LIMIT {int(limit)}',
+            epoch="ns",
         )
         found = []
         for s in series:
             for row in _rows(s):
                 b64 = row.get("payload_b64")
                 payload = base64.b64decode(b64) if b64 is not None else str(row.get("payload") or "").encode()
-                found.append(DeadLetter(received_ms=int(row["time"]), topic=str(row.get("topic") or ""),
-                                        payload=payload, reason=str(row.get("reason") or "")))
+                ts_ns = int(row["time"])
+                replayed = row.get("replayed_ms")
+                found.append(DeadLetter(received_ms=ts_ns // 1_000_000, topic=str(row.get("topic") or ""),
+                                        payload=payload, reason=str(row.get("reason") or ""),
+                                        code=str(row.get("code") or ""), id=str(ts_ns),
+                                        replayed_ms=None if replayed is None else int(replayed)))
         return found
+
+    def mark_replayed(self, ids: Sequence[str], replayed_ms: int) -> None:
+        if not ids:
+            return
+        try:
+            # A point at the letter's own time with one more field: InfluxDB merges it in.
+            lines = [f"{INTERNAL_PREFIX}dead_letter replayed_ms={int(replayed_ms)}i {int(i)}" for i in ids]
+        except ValueError:
+            raise StoreError(f"dead-letter ids of the InfluxDB store are integers, got {list(ids)[:5]}",
+                             retryable=False) from None
+        self._ensure_database()
+        self._post("\n".join(lines).encode(), WritePrecision.NS, f"{len(lines)} replay marks")
 
     def ping(self) -> None:
         try:

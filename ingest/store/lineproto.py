@@ -144,9 +144,10 @@ def status_line(site: str, agent: str, state: str, boot: int, reason: str, ts_ms
     )
 
 
-def dead_letter_line(topic: str, payload_field: str, payload: str, reason: str, ts_ns: int) -> str:
+def dead_letter_line(topic: str, payload_field: str, payload: str, reason: str, ts_ns: int,
+                     code: str = "") -> str:
     """A dead letter in ``_vigil_dead_letter`` (time in ns; ``payload_field`` names the encoding)."""
     return (
-        f"_vigil_dead_letter {payload_field}={string_field(payload)},"
+        f"_vigil_dead_letter code={string_field(code)},{payload_field}={string_field(payload)},"
         f"reason={string_field(reason)},topic={string_field(topic)} {ts_ns}"
     )

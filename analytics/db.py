@@ -1,0 +1,161 @@
+"""Anomalies in the relational database (SQLAlchemy 2 Core; SQLite or PostgreSQL).
+
+``analytics_anomalies`` holds each anomaly's current state (one row per id);
+``analytics_anomaly_events`` every lifecycle event, keyed (id, state, ts_ms). The schema
+is Alembic's (``analytics/migrations``) with analytics' own version table, brought up to
+date by ``upgrade(engine)`` — called by the analytics worker and by the API at start.
+
+Invariants:
+- ``save`` is idempotent and order-tolerant: an event seen twice is stored once, and an
+  event older than the row's latest never overwrites it (delivery is at least once);
+- a cleared anomaly stays cleared: a late ``updated`` does not reopen it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from analytics import AnalyticsError
+from wire.anomaly import Anomaly
+
+VERSION_TABLE: Final = "alembic_version_analytics"
+SEVERITIES: Final = ("info", "warning", "minor", "major", "critical")
+STATES: Final = ("open", "updated", "cleared")
+
+metadata = sa.MetaData()
+anomalies = sa.Table(
+    "analytics_anomalies", metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("site", sa.String(64), nullable=False),
+    sa.Column("device", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(64)),
+    sa.Column("agent", sa.String(64)),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("severity_rank", sa.SmallInteger, nullable=False),
+    sa.Column("fault", sa.String(64), nullable=False),
+    sa.Column("summary", sa.Text, nullable=False),
+    sa.Column("started_ms", sa.BigInteger, nullable=False),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+    sa.Column("cleared_ms", sa.BigInteger),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Index("ix_analytics_anomalies_site_device", "site", "device"),
+    sa.Index("ix_analytics_anomalies_updated", "updated_ms"),
+)
+events = sa.Table(
+    "analytics_anomaly_events", metadata,
+    sa.Column("anomaly_id", sa.String(128), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("ts_ms", sa.BigInteger, nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.PrimaryKeyConstraint("anomaly_id", "state", "ts_ms"),
+)
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the analytics tables up to date (Alembic, own version table)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "analytics@head")
+    except sa.exc.SQLAlchemyError as e:
+        raise AnalyticsError(f"could not bring the analytics tables up to date at {engine.url!r}: "
+                             f"{e.__class__.__name__}: {str(e).splitlines()[0][:300]}") from None
+
+
+def _payload(a: Anomaly) -> dict[str, Any]:
+    return msgspec.to_builtins(a)  # type: ignore[no-any-return]
+
+
+def save(engine: Engine, site: str, device: str, a: Anomaly) -> bool:
+    """Store one lifecycle event; False if it was already stored (a redelivery)."""
+    row = {
+        "site": site, "device": device, "kind": a.kind, "agent": a.agent, "state": a.state,
+        "severity": a.severity, "severity_rank": SEVERITIES.index(a.severity), "fault": a.fault,
+        "summary": a.summary, "started_ms": a.started_ms, "updated_ms": a.ts_ms,
+        "cleared_ms": a.cleared_ms, "payload": _payload(a),
+    }
+    with engine.begin() as conn:
+        seen = conn.execute(sa.select(events.c.anomaly_id).where(
+            events.c.anomaly_id == a.id, events.c.state == a.state, events.c.ts_ms == a.ts_ms)).first()
+        if seen is not None:
+            return False
+        conn.execute(events.insert().values(anomaly_id=a.id, state=a.state, ts_ms=a.ts_ms,
+                                            payload=row["payload"]))
+        current = conn.execute(sa.select(anomalies.c.state, anomalies.c.updated_ms)
+                               .where(anomalies.c.id == a.id)).first()
+        if current is None:
+            conn.execute(anomalies.insert().values(id=a.id, **row))
+        elif current.state != "cleared" and (a.ts_ms >= current.updated_ms or a.state == "cleared"):
+            conn.execute(anomalies.update().where(anomalies.c.id == a.id).values(**row))
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    site: str | None = None
+    device: str | None = None
+    states: tuple[str, ...] = ()
+    severities: tuple[str, ...] = ()
+    since_ms: int | None = None
+    until_ms: int | None = None
+    limit: int = 100
+    offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    id: str
+    site: str
+    device: str
+    state: str
+    anomaly: Anomaly
+
+
+def _stored(r: Any) -> Stored:
+    return Stored(r.id, r.site, r.device, r.state, msgspec.convert(r.payload, Anomaly))
+
+
+def list_anomalies(engine: Engine, q: Query) -> list[Stored]:
+    """Newest change first; anomalies whose life overlaps [since, until)."""
+    stmt = sa.select(anomalies.c.id, anomalies.c.site, anomalies.c.device, anomalies.c.state,
+                     anomalies.c.payload)
+    c = anomalies.c
+    if q.site is not None:
+        stmt = stmt.where(c.site == q.site)
+    if q.device is not None:
+        stmt = stmt.where(c.device == q.device)
+    if q.states:
+        stmt = stmt.where(c.state.in_(q.states))
+    if q.severities:
+        stmt = stmt.where(c.severity.in_(q.severities))
+    if q.until_ms is not None:
+        stmt = stmt.where(c.started_ms < q.until_ms)
+    if q.since_ms is not None:
+        stmt = stmt.where(sa.or_(c.cleared_ms.is_(None), c.cleared_ms >= q.since_ms))
+    stmt = stmt.order_by(c.updated_ms.desc(), c.id).limit(q.limit).offset(q.offset)
+    with engine.connect() as conn:
+        return [_stored(r) for r in conn.execute(stmt)]
+
+
+def get_anomaly(engine: Engine, anomaly_id: str) -> tuple[Stored, list[Anomaly]] | None:
+    """The anomaly and its lifecycle events, oldest first; None if unknown."""
+    with engine.connect() as conn:
+        r = conn.execute(sa.select(anomalies.c.id, anomalies.c.site, anomalies.c.device, anomalies.c.state,
+                                   anomalies.c.payload).where(anomalies.c.id == anomaly_id)).first()
+        if r is None:
+            return None
+        history = conn.execute(sa.select(events.c.payload).where(events.c.anomaly_id == anomaly_id)
+                               .order_by(events.c.ts_ms, events.c.state)).all()
+    return _stored(r), [msgspec.convert(h.payload, Anomaly) for h in history]

@@ -1,0 +1,146 @@
+"""``vigil analytics replay``: the streaming engine over recorded series, for NAB and SKAB.
+
+Each input file is one device, replayed through a fresh ``Engine`` with the one
+configuration given (``DetectSettings``; no per-file tuning, label columns are never read).
+The whole file is one batch: the engine itself splits it into rounds, one reading per
+series each, in time order, so the scores are exactly what the live worker would produce.
+
+Outputs, one CSV per input file at the same relative path under ``--output``
+(``../shared/eval/README.md``):
+- NAB: ``timestamp,score``: at each anomaly onset the strongest detector score behind it
+  (in [0, 1)), 0 elsewhere. NAB charges every flagged row, so only onsets are flagged;
+- SKAB: ``timestamp,is_anomaly,changepoint``: 1 while an anomaly is open, and 1 at its
+  onset, since SKAB scores the alarm point by point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from analytics import AnalyticsError
+from analytics.engine import SEVERITY_RANK, Engine
+from analytics.settings import AnalyticsSettings, DetectSettings
+
+LABEL_COLUMNS = frozenset({"anomaly", "changepoint", "label", "is_anomaly"})
+
+
+def _parse_ts(text: str) -> int:
+    t = text.strip().replace("T", " ").removesuffix("Z")
+    try:
+        dt = datetime.fromisoformat(t)
+    except ValueError:
+        raise AnalyticsError(f"timestamp {text[:40]!r} is not ISO-8601 (YYYY-MM-DD HH:MM:SS)") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def read_series(path: Path, fmt: str) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
+    """(timestamps as written, epoch ms, sensor names, values rows x sensors)."""
+    delim = ";" if fmt == "skab" else ","
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f, delimiter=delim))
+    if len(rows) < 2:
+        raise AnalyticsError(f"{path}: no data rows")
+    header = [h.strip() for h in rows[0]]
+    ts_col = 0
+    sensors = [j for j, h in enumerate(header) if j != ts_col and h not in LABEL_COLUMNS]
+    if not sensors:
+        raise AnalyticsError(f"{path}: no value columns besides {header}")
+    stamps = [r[ts_col] for r in rows[1:]]
+    ms = np.array([_parse_ts(s) for s in stamps], np.int64)
+    try:
+        values = np.array([[float(r[j]) for j in sensors] for r in rows[1:]], np.float64)
+    except (ValueError, IndexError) as e:
+        raise AnalyticsError(f"{path}: a value is not a number or a row is short ({e})") from None
+    return stamps, ms, [header[j] for j in sensors], values
+
+
+def _metric_name(name: str) -> str:
+    clean = "".join(c if c.isalnum() or c in "_.-" else "_" for c in name.strip())
+    return ("m_" + clean if not clean[:1].isalpha() else clean)[:64]
+
+
+def replay_file(path: Path, fmt: str, cfg: DetectSettings) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(timestamps, onset score per row, open 0/1 per row)."""
+    stamps, ms, names, values = read_series(path, fmt)
+    engine = Engine(cfg)
+    n, m = values.shape
+    sids = np.array([engine.series("replay", "device-1", _metric_name(nm), kind=fmt) for nm in names],
+                    np.int64)
+    sid = np.tile(sids, n)
+    ts = np.repeat(ms, m)
+    x = values.reshape(-1)
+    good = np.isfinite(x)
+    events = engine.process(sid[good], ts[good], x[good])
+    row_of = {int(t): i for i, t in reversed(list(enumerate(ms.tolist())))}
+    onset = np.zeros(n)
+    active = np.zeros(n, np.int8)
+    start: int | None = None
+    for e in events:
+        a = e.anomaly
+        row = row_of[a.ts_ms]
+        if a.state == "open":
+            onset[row] = max(onset[row], e.score or 0.2 + 0.2 * SEVERITY_RANK[a.severity])
+            start = row
+        elif a.state == "cleared" and start is not None:
+            active[start:row] = 1
+            start = None
+    if start is not None:
+        active[start:] = 1
+    return stamps, onset, active
+
+
+def replay(input_path: Path, fmt: str, output: Path, cfg: DetectSettings) -> list[Path]:
+    if fmt not in ("nab", "skab"):
+        raise AnalyticsError(f"format {fmt!r} is not nab or skab")
+    if input_path.is_file():
+        files, root = [input_path], input_path.parent
+    elif input_path.is_dir():
+        files, root = sorted(input_path.rglob("*.csv")), input_path
+    else:
+        raise AnalyticsError(f"input {input_path} is neither a CSV file nor a folder")
+    if not files:
+        raise AnalyticsError(f"no .csv files under {input_path}")
+    written = []
+    for f in files:
+        stamps, onset, active = replay_file(f, fmt, cfg)
+        out = output / f.relative_to(root)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            if fmt == "nab":
+                w.writerow(["timestamp", "score"])
+                w.writerows(zip(stamps, (f"{v:.4f}" for v in onset), strict=True))
+            else:
+                w.writerow(["timestamp", "is_anomaly", "changepoint"])
+                w.writerows(zip(stamps, active.tolist(), (int(v > 0) for v in onset), strict=True))
+        written.append(out)
+    return written
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Run the streaming detectors over recorded series and write detection CSVs "
+                     "(../shared/eval/README.md). One configuration for every file (the [analytics.detect] "
+                     "table of --config, or VIGIL_ANALYTICS_DETECT__*); label columns are never read.")
+    p.add_argument("input", type=Path, help="a CSV file, or a folder searched recursively")
+    p.add_argument("--format", required=True, choices=["nab", "skab"],
+                   help="nab: timestamp,value; skab: ';'-separated, several sensors")
+    p.add_argument("--output", required=True, type=Path, help="folder; mirrors the input's relative paths")
+
+
+def main(settings: AnalyticsSettings, args: argparse.Namespace) -> int:
+    """``vigil analytics replay INPUT --format nab|skab --output DIR``."""
+    try:
+        written = replay(args.input, args.format, args.output, settings.detect)
+    except AnalyticsError as e:
+        print(f"vigil analytics replay: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(written)} detection files under {args.output}")
+    return 0

@@ -1,0 +1,144 @@
+"""Settings of the analytics role, read once at start with ``AnalyticsSettings.load()``.
+
+Environment variables start with ``VIGIL_ANALYTICS_`` (nested with ``__``, e.g.
+``VIGIL_ANALYTICS_MQTT__PORT``, ``VIGIL_ANALYTICS_DETECT__Z_FIRE``); the config file's
+table is ``[analytics]``. ``DetectSettings`` is also what the offline replay uses, so one
+configuration serves the fleet and the benchmarks alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from wire import MqttSettings, RoleSettings
+from wire.payloads import Severity
+
+
+class Rule(BaseModel):
+    """A threshold rule for one metric of one equipment kind (``*`` for any kind).
+
+    It fires when the value stays above ``high`` (or below ``low``) for ``min_duration_s``
+    and clears only once back inside by ``hysteresis``; ``max_rate_per_min`` fires on a
+    change faster than that between two readings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str = "*"
+    metric: str
+    high: float | None = None
+    low: float | None = None
+    hysteresis: float = Field(0.0, ge=0)
+    min_duration_s: float = Field(0.0, ge=0)
+    max_rate_per_min: float | None = Field(None, gt=0)
+    severity: Severity = "major"
+
+    @model_validator(mode="after")
+    def _something(self) -> Rule:
+        if self.high is None and self.low is None and self.max_rate_per_min is None:
+            raise ValueError(f"rule for {self.kind}/{self.metric} sets none of high, low, max_rate_per_min")
+        if self.high is not None and self.low is not None and self.low >= self.high:
+            raise ValueError(f"rule for {self.kind}/{self.metric}: low {self.low} is not below "
+                             f"high {self.high}")
+        return self
+
+
+# Limits a building's equipment should not cross (ISO 10816 zone C starts at 4.5 mm/s for
+# pumps of this size; bearing grease degrades above ~90 degC). Sites add their own.
+DEFAULT_RULES: tuple[Rule, ...] = (
+    Rule(kind="pump", metric="vibration_mm_s", high=4.5, hysteresis=0.5, min_duration_s=60),
+    Rule(kind="pump", metric="bearing_temp_c", high=90.0, hysteresis=3.0, min_duration_s=120),
+    Rule(kind="chiller", metric="chw_supply_c", high=12.0, hysteresis=0.5, min_duration_s=300,
+         severity="minor"),
+    Rule(kind="ahu", metric="filter_dp_pa", high=400.0, hysteresis=20.0, min_duration_s=600,
+         severity="minor"),
+    Rule(kind="space_sensor", metric="co2_ppm", high=1500.0, hysteresis=100.0, min_duration_s=600,
+         severity="warning"),
+    Rule(kind="space_sensor", metric="temp_c", max_rate_per_min=3.0, severity="minor"),
+)
+
+# Physical ranges by metric-name pattern: a reading outside is a lying sensor.
+DEFAULT_RANGES: dict[str, tuple[float, float]] = {
+    "*_pct": (0.0, 100.0),
+    "*_c": (-60.0, 200.0),
+    "*_ppm": (0.0, 20_000.0),
+    "*_lps": (0.0, 1e6),
+    "*_mm_s": (0.0, 1e3),
+    "*_a": (0.0, 1e5),
+    "*_kw": (0.0, 1e6),
+    "*_v": (0.0, 1e5),
+    "power_factor": (-1.0, 1.0),
+}
+
+
+class DetectSettings(BaseModel):
+    """How the streaming detectors and the fusion behave; the same for the fleet and replays."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # statistics: robust baselines
+    warmup_readings: int = Field(30, ge=2, le=1_000_000)
+    baseline_readings: int = Field(600, ge=10, le=10_000_000)  # EW memory of the baseline
+    z_fire: float = Field(6.0, gt=0)  # deviations (robust sd) at which a reading fires
+    huber_k: float = Field(4.0, gt=0)  # an update moves the baseline at most this many sd
+    rel_sd_floor: float = Field(0.001, ge=0)  # sd is at least this share of |baseline|
+    seasonal_min_days: float = Field(2.0, ge=0)  # a season bucket is used after this much history
+    seasonal_min_count: int = Field(8, ge=1)
+    utc_offset_h: float = Field(0.0, ge=-14, le=14)  # local time of the sites, for time of day
+    # sensor health
+    stuck_readings: int = Field(12, ge=2)
+    stuck_min_s: float = Field(300.0, ge=0)
+    spike_k: float = Field(12.0, gt=0)
+    noisy_ratio: float = Field(5.0, gt=1)
+    late_factor: float = Field(5.0, gt=1)  # late: silent for this many usual intervals...
+    late_min_s: float = Field(120.0, ge=0)  # ...and at least this long
+    ranges: dict[str, tuple[float, float]] = Field(default_factory=lambda: dict(DEFAULT_RANGES))
+    rules: tuple[Rule, ...] = DEFAULT_RULES
+    # fusion
+    open_evidence: float = Field(1.0, gt=0)  # summed scores of consecutive firing readings
+    clear_after_s: float = Field(120.0, ge=0)
+    clear_readings: int = Field(3, ge=1)
+    update_min_s: float = Field(60.0, ge=0)
+    # multivariate models
+    models: bool = True
+    model_warmup_rows: int = Field(500, ge=20)
+    model_min_span_s: float = Field(86_400.0, ge=0)  # the first fit's rows span at least this
+    model_retrain_rows: int = Field(20_000, ge=0)  # 0: never retrain
+    model_variance: float = Field(0.9, gt=0, lt=1)
+    model_fire_quantile: float = Field(0.995, gt=0.5, lt=1)
+    model_fire_margin: float = Field(1.5, gt=0)
+
+
+class AnalyticsSettings(RoleSettings):
+    """Where telemetry comes from, where anomalies go, and how detection behaves."""
+
+    section: ClassVar[str] = "analytics"
+    model_config = SettingsConfigDict(env_prefix="VIGIL_ANALYTICS_")
+
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    client_id: str = "vigil-analytics"
+    # Analytics keeps per-device state, so a device must stay on one worker. With EMQX, its
+    # ``hash_topic`` shared-subscription strategy does that for the group ``share_group``.
+    # With Mosquitto (round-robin groups), run N workers with worker_count=N and
+    # worker_index=0..N-1: each hears all telemetry, unshared, and keeps the devices whose
+    # stable hash is its index. None: no group (one worker, tests, the demo).
+    share_group: str | None = "analytics"
+    worker_count: int = Field(1, ge=1, le=1024)
+    worker_index: int = Field(0, ge=0, le=1023)
+    sites: tuple[str, ...] = ()  # empty: every site
+    database_url: str = "sqlite:///var/vigil.db"
+    model_dir: Path | None = None  # where trained models are saved, with their version
+    tick_s: float = Field(5.0, gt=0, le=3600)  # how often late data and clears are checked
+    publish_qos: int = Field(1, ge=0, le=2)
+    stats_interval_s: float = Field(60.0, ge=0)
+    detect: DetectSettings = Field(default_factory=DetectSettings)
+
+    @model_validator(mode="after")
+    def _index_in_range(self) -> AnalyticsSettings:
+        if self.worker_index >= self.worker_count:
+            raise ValueError(f"worker_index {self.worker_index} must be below worker_count "
+                             f"{self.worker_count} (workers are numbered from 0)")
+        return self

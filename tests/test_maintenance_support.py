@@ -1,0 +1,132 @@
+"""Shared set-up of the maintenance tests: a fresh database per module on SQLite and on the
+machine's PostgreSQL (dropped afterwards), the API on it, a settable clock, anomaly events."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from api.deps import now_ms
+from api.main import create_app
+from api.settings import ApiSettings
+from ingest.store import Store, StoreSettings, open_store
+from maintenance.db import open_engine
+from wire.anomaly import Anomaly, AnomalyState
+from wire.payloads import Severity
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+T0 = 1_795_000_000_000  # 2026-11-17, a fixed "now" for tests that move the clock themselves
+
+
+def make_database(kind: str, tmp: Path) -> tuple[str, Engine | None]:
+    """A fresh database URL; for PostgreSQL also the admin engine that drops it later."""
+    if kind == "sqlite":
+        return f"sqlite:///{tmp / 'vigil.db'}", None
+    name = "t_maint_" + uuid.uuid4().hex[:12]
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as e:
+        pytest.fail(
+            f"PostgreSQL is not reachable at 127.0.0.1:5432 ({e.orig}); start it with "
+            "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`",
+            pytrace=False,
+        )
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", admin
+
+
+def drop_database(url: str, admin: Engine | None) -> None:
+    if admin is None:
+        return
+    name = url.rsplit("/", 1)[1]
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url, admin = make_database(request.param, tmp_path_factory.mktemp("maint"))
+    yield url
+    drop_database(url, admin)
+
+
+@pytest.fixture(scope="module")
+def engine(database_url: str) -> Iterator[Engine]:
+    e = open_engine(database_url)
+    yield e
+    e.dispose()
+
+
+@pytest.fixture(scope="module")
+def ts_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    store = open_store(StoreSettings(path=tmp_path_factory.mktemp("ts") / "ts.db"))
+    yield store
+    store.close()
+
+
+@dataclass
+class Clock:
+    ms: int = T0
+
+    def advance(self, seconds: float) -> int:
+        self.ms += int(seconds * 1000)
+        return self.ms
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def client(database_url: str, engine: Engine, ts_store: Store, clock: Clock) -> Iterator[TestClient]:
+    settings = ApiSettings.load(None, database_url=database_url)
+    app = create_app(settings, ts_store)
+
+    async def fixed_now() -> int:
+        return clock.ms
+
+    app.dependency_overrides[now_ms] = fixed_now
+    with TestClient(app, headers={"X-Vigil-User": "jane"}) as c:
+        yield c
+
+
+def anomaly(
+    aid: str,
+    state: AnomalyState = "open",
+    ts_ms: int = T0,
+    *,
+    fault: str = "vibration_high",
+    severity: Severity = "major",
+    summary: str = "Vibration 9.1 mm/s, expected under 4.5",
+) -> Anomaly:
+    return Anomaly(
+        v=1,
+        id=aid,
+        state=state,
+        ts_ms=ts_ms,
+        started_ms=ts_ms,
+        severity=severity,
+        fault=fault,
+        summary=summary,
+        kind="pump",
+        cleared_ms=ts_ms if state == "cleared" else None,
+    )
+
+
+def new_site() -> str:
+    return "s" + uuid.uuid4().hex[:10]
+
+
+def payload(a: Anomaly) -> bytes:
+    return msgspec.json.encode(a)
