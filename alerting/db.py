@@ -1,83 +1,38 @@
-"""Opening the alerting database and bringing its schema up to date (Alembic).
-
-Invariants:
-- ``upgrade(engine)`` is idempotent and safe to call from several processes at once (the
-  API and the alerting service both call it at start): PostgreSQL serialises it with an
-  advisory lock; on SQLite a loser of the race retries and finds the schema at head;
-- SQLite connections get foreign keys on, WAL and a busy timeout, so the API and the
-  service can share one file.
-"""
+"""Opening the alerting database and bringing its schema up to date: ``wire.database`` with
+alerting's own Alembic history (``alerting/migrations``, version table ``alembic_version_alerting``)."""
 
 from __future__ import annotations
 
-import logging
-import time
-from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Engine
 
 from alerting.errors import AlertingError
-
-log = logging.getLogger(__name__)
+from wire import database
+from wire.database import configure
 
 VERSION_TABLE: Final = "alembic_version_alerting"
-_LOCK_KEY: Final = 0x7669_616C  # "vial": the advisory lock id of alerting migrations
-_CONFIGURED: Final = "_vigil_alerting_sqlite"
+MIGRATIONS: Final = database.Migrations(
+    name="alerting", script_location="alerting:migrations", version_table=VERSION_TABLE,
+    lock_key=0x7669_616C,
+)
 
-
-def alembic_config(connection: Any = None) -> Config:
-    cfg = Config()
-    cfg.set_main_option("script_location", "alerting:migrations")
-    cfg.attributes["connection"] = connection
-    return cfg
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cur = dbapi_connection.cursor()
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=15000")
-    cur.close()
-
-
-def configure(engine: Engine) -> Engine:
-    """Install the SQLite connection settings on ``engine`` (once); other dialects unchanged."""
-    if engine.dialect.name == "sqlite" and not getattr(engine, _CONFIGURED, False):
-        event.listen(engine, "connect", _sqlite_pragmas)
-        setattr(engine, _CONFIGURED, True)
-        engine.dispose()  # connections made before this lack the pragmas
-    return engine
+__all__ = ["MIGRATIONS", "VERSION_TABLE", "configure", "open_engine", "upgrade"]
 
 
 def open_engine(url: str) -> Engine:
     """An engine for ``url`` with the alerting schema at head; a SQLite file's folder is created."""
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
-        engine = create_engine(url, pool_pre_ping=True)
-    except Exception as e:  # bad URL, missing driver
-        raise AlertingError(f"cannot use database_url {url!r}: {e}") from None
-    upgrade(engine)
+        engine = database.create(url)
+        database.upgrade(engine, MIGRATIONS)
+    except database.DatabaseError as e:
+        raise AlertingError(str(e)) from None
     return engine
 
 
-def upgrade(engine: Engine, attempts: int = 5) -> None:
+def upgrade(engine: Engine) -> None:
     """Bring the alerting tables to the newest revision."""
-    configure(engine)
-    for attempt in range(1, attempts + 1):
-        try:
-            with engine.begin() as conn:
-                if conn.dialect.name == "postgresql":
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
-                command.upgrade(alembic_config(conn), "head")
-            return
-        except DBAPIError as e:
-            if attempt == attempts or e.connection_invalidated:
-                raise AlertingError(f"cannot bring the alerting schema up to date: {e}") from None
-            log.info("alerting: schema upgrade raced another process (%s); retrying", e.orig)
-            time.sleep(0.2 * attempt)
+    try:
+        database.upgrade(engine, MIGRATIONS)
+    except database.DatabaseError as e:
+        raise AlertingError(str(e)) from None

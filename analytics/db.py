@@ -14,7 +14,6 @@ Invariants:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 import msgspec
@@ -22,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from analytics import AnalyticsError
+from wire import database
 from wire.anomaly import Anomaly
 
 VERSION_TABLE: Final = "alembic_version_analytics"
@@ -58,20 +58,18 @@ events = sa.Table(
 )
 
 
+MIGRATIONS: Final = database.Migrations(
+    name="analytics", script_location="analytics:migrations", version_table=VERSION_TABLE,
+    lock_key=0x7669_616E, head="analytics@head",
+)
+
+
 def upgrade(engine: Engine) -> None:
     """Bring the analytics tables up to date (Alembic, own version table)."""
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     try:
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "analytics@head")
-    except sa.exc.SQLAlchemyError as e:
-        raise AnalyticsError(f"could not bring the analytics tables up to date at {engine.url!r}: "
-                             f"{e.__class__.__name__}: {str(e).splitlines()[0][:300]}") from None
+        database.upgrade(engine, MIGRATIONS)
+    except database.DatabaseError as e:
+        raise AnalyticsError(str(e)) from None
 
 
 def _payload(a: Anomaly) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from analytics.engine import Emitted, Engine
 from analytics.models import save_model
 from analytics.settings import AnalyticsSettings
 from wire import StatusTopic, TelemetryTopic, WireError, decode_status, decode_telemetry, parse_topic
+from wire import database as wire_database
 from wire.mqtt import make_client, set_nodelay
 from wire.topics import AlarmTopic, shared, status_filter, telemetry_filter
 
@@ -60,14 +61,11 @@ class Stats:
 
 
 def open_engine(url: str) -> sa.Engine:
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        from pathlib import Path
-
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    """An engine for ``url`` with the analytics tables at head."""
     try:
-        engine = sa.create_engine(url, pool_pre_ping=True)
-    except (sa.exc.ArgumentError, ImportError) as e:
-        raise AnalyticsError(f"database_url {url!r} cannot be used: {e}") from None
+        engine = wire_database.create(url)
+    except wire_database.DatabaseError as e:
+        raise AnalyticsError(str(e)) from None
     db.upgrade(engine)
     return engine
 

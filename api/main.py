@@ -13,11 +13,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from alerting import db as alerting_db
@@ -39,6 +38,7 @@ from api.routers import (
 from api.settings import ApiSettings
 from ingest.store import Store, open_store
 from maintenance import db as maintenance_db
+from wire import database
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,7 @@ def open_database(url: str) -> Engine:
     Each package that owns tables (maintenance, analytics, alerting) brings its own schema
     up to date here with its own Alembic history (own version table), so packages never
     share migrations."""
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, pool_pre_ping=True)
+    engine = database.create(url)
     maintenance_db.upgrade(engine)  # the asset ledger and work orders
     analytics_db.upgrade(engine)  # anomalies
     alerting_db.upgrade(engine)  # incidents, delivery attempts, silences, on-call overrides

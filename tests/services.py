@@ -374,11 +374,47 @@ def private_mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosq
             _stop(proc)
 
 
+# -- PostgreSQL ----------------------------------------------------------------------------------
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@contextlib.contextmanager
+def fresh_database(kind: str, folder: Path, prefix: str = "t") -> Iterator[str]:
+    """A database of its own, as a SQLAlchemy URL: a SQLite file in ``folder``, or a new
+    database on the machine's PostgreSQL (services.md), dropped when the block ends."""
+    if kind == "sqlite":
+        yield f"sqlite:///{folder / 'vigil.db'}"
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as e:
+        admin.dispose()
+        pytest.fail(
+            f"PostgreSQL is not reachable at 127.0.0.1:5432 ({e.orig}); start it with "
+            "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`",
+            pytrace=False,
+        )
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 __all__ = [
     "InfluxServer",
     "MosquittoFactory",
     "MosquittoHandle",
     "free_port",
+    "fresh_database",
     "port_open",
     "start_influx",
     "start_mosquitto",

@@ -15,8 +15,7 @@ import msgspec
 import paho.mqtt.client as mqtt
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, create_engine, select, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine, select
 
 from alerting import store as alerting_store
 from alerting import tables
@@ -27,6 +26,7 @@ from alerting.settings import AlertingSettings
 from api.main import create_app
 from api.settings import ApiSettings
 from ingest.store import StoreSettings
+from tests.services import fresh_database
 from tests.test_alerting_delivery import HttpReceiver, http_receiver
 from tests.test_ingest import purge_session, wait_until
 from wire import MqttSettings, Reading, Status, StatusTopic, Telemetry, TelemetryTopic, encode
@@ -36,26 +36,13 @@ from wire.topics import AlarmTopic
 
 __all__ = ["http_receiver"]  # the fixture, imported for its side effect on pytest
 
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 SECRET = "s3cret-for-tests-only-0123456789"
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('alerting') / 'vigil.db'}"
-        return
-    name = "t_alerting_" + uuid.uuid4().hex[:12]
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as e:
-        pytest.fail(f"PostgreSQL is not reachable at 127.0.0.1:5432 ({e.orig})", pytrace=False)
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_database(request.param, tmp_path_factory.mktemp("alerting"), "t_alerting") as url:
+        yield url
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +13,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine, text
 
 from analytics import db
 from analytics.engine import Emitted, kind_of
@@ -25,13 +23,13 @@ from analytics.settings import AnalyticsSettings, DetectSettings
 from api.main import create_app
 from api.settings import ApiSettings
 from ingest.store import StoreSettings, open_store
+from tests.services import fresh_database
 from wire import MqttSettings, Reading, Status, StatusTopic, Telemetry, TelemetryTopic, encode
 from wire.anomaly import decode_anomaly
 from wire.mqtt import make_client
 from wire.topics import alarm_filter
 
 T0 = 1_795_000_000_000
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 def pump_readings(rng: np.random.Generator, n: int, start_ms: int, step_ms: int = 10_000,
@@ -184,20 +182,8 @@ def test_multivariate_model_trains_then_scores() -> None:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'vigil.db'}"
-        return
-    name = "t_analytics_" + uuid.uuid4().hex[:12]
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as e:
-        pytest.fail(f"PostgreSQL is not reachable at 127.0.0.1:5432 ({e.orig})", pytrace=False)
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_database(request.param, tmp_path, "t_analytics") as url:
+        yield url
 
 
 @pytest.fixture

@@ -6,58 +6,28 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import msgspec
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine
 
 from api.deps import now_ms
 from api.main import create_app
 from api.settings import ApiSettings
 from ingest.store import Store, StoreSettings, open_store
 from maintenance.db import open_engine
+from tests.services import fresh_database
 from wire.anomaly import Anomaly, AnomalyState
 from wire.payloads import Severity
 
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 T0 = 1_795_000_000_000  # 2026-11-17, a fixed "now" for tests that move the clock themselves
-
-
-def make_database(kind: str, tmp: Path) -> tuple[str, Engine | None]:
-    """A fresh database URL; for PostgreSQL also the admin engine that drops it later."""
-    if kind == "sqlite":
-        return f"sqlite:///{tmp / 'vigil.db'}", None
-    name = "t_maint_" + uuid.uuid4().hex[:12]
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as e:
-        pytest.fail(
-            f"PostgreSQL is not reachable at 127.0.0.1:5432 ({e.orig}); start it with "
-            "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`",
-            pytrace=False,
-        )
-    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", admin
-
-
-def drop_database(url: str, admin: Engine | None) -> None:
-    if admin is None:
-        return
-    name = url.rsplit("/", 1)[1]
-    with admin.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    url, admin = make_database(request.param, tmp_path_factory.mktemp("maint"))
-    yield url
-    drop_database(url, admin)
+    with fresh_database(request.param, tmp_path_factory.mktemp("maint"), "t_maint") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

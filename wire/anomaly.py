@@ -16,12 +16,11 @@ Invariants:
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal
+from typing import Annotated, Literal
 
 import msgspec
 
-from wire.errors import WireError
-from wire.payloads import MAX_PAYLOAD_BYTES, Kind, MetricName, Severity, Text, TsMs
+from wire.payloads import Kind, MetricName, Severity, Text, TsMs, decode
 
 AnomalyState = Literal["open", "updated", "cleared"]
 AnomalyId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}\Z")]
@@ -45,18 +44,6 @@ class Anomaly(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defa
     cleared_ms: TsMs | None = None
 
 
-_DECODER: Final = msgspec.json.Decoder(Anomaly)
-
-
 def decode_anomaly(payload: bytes) -> Anomaly:
     """Decode an anomaly event; raise WireError naming what is wrong."""
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise WireError(f"anomaly payload is {len(payload)} bytes, over the {MAX_PAYLOAD_BYTES} limit")
-    try:
-        return _DECODER.decode(payload)
-    except msgspec.ValidationError as e:
-        raise WireError(f"invalid anomaly: {e}") from None
-    except msgspec.DecodeError as e:
-        raise WireError(f"anomaly payload is not valid JSON: {e}") from None
-    except RecursionError:
-        raise WireError("anomaly payload is nested too deeply") from None
+    return decode(Anomaly, payload)

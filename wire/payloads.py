@@ -14,7 +14,8 @@ Invariants:
 from __future__ import annotations
 
 import math
-from typing import Annotated, Final, Literal, TypeVar
+import re
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
@@ -96,14 +97,11 @@ class Status(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defau
 
 
 Message = Telemetry | Event | Status
-M = TypeVar("M", Telemetry, Event, Status)
+# Any payload type of the contract: these and those of wire.anomaly, wire.workorder, ...
+M = TypeVar("M", bound=msgspec.Struct)
 
 _ENCODER: Final = msgspec.json.Encoder()
-_DECODERS: Final[dict[type[Message], msgspec.json.Decoder[Message]]] = {
-    Telemetry: msgspec.json.Decoder(Telemetry),
-    Event: msgspec.json.Decoder(Event),
-    Status: msgspec.json.Decoder(Status),
-}
+_DECODERS: Final[dict[type[msgspec.Struct], msgspec.json.Decoder[Any]]] = {}
 
 
 def encode(message: Message) -> bytes:
@@ -112,14 +110,17 @@ def encode(message: Message) -> bytes:
 
 
 def decode(kind: type[M], payload: bytes) -> M:
-    """Decode ``payload`` as ``kind``; raise WireError naming what is wrong."""
-    name = kind.__name__.lower()
+    """Decode ``payload`` as the contract type ``kind``; raise WireError naming what is wrong."""
+    name = re.sub(r"(?<!^)(?=[A-Z])", " ", kind.__name__).lower()  # SlaBreach -> "sla breach"
+    decoder = _DECODERS.get(kind)
+    if decoder is None:  # built once per type; a Decoder is immutable and thread-safe
+        decoder = _DECODERS.setdefault(kind, msgspec.json.Decoder(kind))
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise WireError(f"{name} payload must be bytes, got {type(payload).__name__}")
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise WireError(f"{name} payload is {len(payload)} bytes, over the {MAX_PAYLOAD_BYTES} limit")
     try:
-        return _DECODERS[kind].decode(payload)  # type: ignore[return-value]
+        return decoder.decode(payload)  # type: ignore[no-any-return]
     except msgspec.ValidationError as e:
         raise WireError(f"invalid {name}: {e}") from None
     except msgspec.DecodeError as e:

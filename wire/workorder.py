@@ -19,7 +19,7 @@ from typing import Annotated, Final, Literal
 import msgspec
 
 from wire.errors import WireError
-from wire.payloads import MAX_PAYLOAD_BYTES, Kind, Text, TsMs
+from wire.payloads import Kind, Text, TsMs, decode
 from wire.topics import PREFIX, check_id
 
 SLA_SEGMENT: Final = "_maintenance"
@@ -47,7 +47,6 @@ class SlaBreach(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_de
     crew: Text | None = None
 
 
-_DECODER: Final = msgspec.json.Decoder(SlaBreach)
 _ENCODER: Final = msgspec.json.Encoder()
 
 
@@ -65,16 +64,7 @@ def encode_sla_breach(event: SlaBreach) -> bytes:
 
 def decode_sla_breach(payload: bytes) -> SlaBreach:
     """Decode an SLA breach event; raise WireError naming what is wrong."""
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise WireError(f"sla breach payload is {len(payload)} bytes, over the {MAX_PAYLOAD_BYTES} limit")
-    try:
-        return _DECODER.decode(payload)
-    except msgspec.ValidationError as e:
-        raise WireError(f"invalid sla breach: {e}") from None
-    except msgspec.DecodeError as e:
-        raise WireError(f"sla breach payload is not valid JSON: {e}") from None
-    except RecursionError:
-        raise WireError("sla breach payload is nested too deeply") from None
+    return decode(SlaBreach, payload)
 
 
 # -- work order updates: ``vigil/v1/{site}/_maintenance/workorder`` -----------------------------
@@ -116,7 +106,6 @@ class WorkOrderUpdate(msgspec.Struct, frozen=True, forbid_unknown_fields=True, o
     anomaly_id: AnomalyRef | None = None
 
 
-_UPDATE_DECODER: Final = msgspec.json.Decoder(WorkOrderUpdate)
 
 
 def workorder_topic(site: str) -> str:
@@ -133,17 +122,7 @@ def encode_workorder_update(event: WorkOrderUpdate) -> bytes:
 
 def decode_workorder_update(payload: bytes) -> WorkOrderUpdate:
     """Decode a work order update; raise WireError naming what is wrong."""
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise WireError(f"work order update payload is {len(payload)} bytes, over the "
-                        f"{MAX_PAYLOAD_BYTES} limit")
-    try:
-        event = _UPDATE_DECODER.decode(payload)
-    except msgspec.ValidationError as e:
-        raise WireError(f"invalid work order update: {e}") from None
-    except msgspec.DecodeError as e:
-        raise WireError(f"work order update payload is not valid JSON: {e}") from None
-    except RecursionError:
-        raise WireError("work order update payload is nested too deeply") from None
+    event = decode(WorkOrderUpdate, payload)
     if event.id != f"wo{event.work_order}-{event.seq}":
         expected = f"wo{event.work_order}-{event.seq}"
         raise WireError(f"invalid work order update: id {event.id!r} does not match work order "
