@@ -60,7 +60,7 @@ from alerting.signals import (
 from alerting.workorders import WorkOrderBoard
 from wire import EventTopic, StatusTopic, TelemetryTopic, WireError, decode_event, decode_status, parse_topic
 from wire.anomaly import decode_anomaly
-from wire.mqtt import make_client, set_nodelay
+from wire.mqtt import connect_in_background, make_client, set_nodelay, wait_connected
 from wire.topics import AlarmTopic, alarm_filter, check_id, event_filter, status_filter, telemetry_filter
 from wire.workorder import (
     SLA_SEGMENT,
@@ -165,12 +165,8 @@ class AlertingService:
         self.dispatcher.start()
         self._worker = threading.Thread(target=self._work_loop, name="alerting-worker", daemon=True)
         self._worker.start()
-        mq = self.settings.mqtt
-        self._client.connect_async(mq.host, mq.port, keepalive=mq.keepalive_s)
-        self._client.loop_start()
-        if not self._connected.wait(connect_timeout_s):
-            log.warning("alerting: broker %s:%s not reachable yet; retrying in the background",
-                        mq.host, mq.port)
+        connect_in_background(self._client, self.settings.mqtt)
+        wait_connected(self._connected, self.settings.mqtt, "alerting", connect_timeout_s)
 
     def wait_connected(self, timeout_s: float) -> bool:
         return self._connected.wait(timeout_s)

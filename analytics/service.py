@@ -36,7 +36,7 @@ from analytics.models import save_model
 from analytics.settings import AnalyticsSettings
 from wire import StatusTopic, TelemetryTopic, WireError, decode_status, decode_telemetry, parse_topic
 from wire import database as wire_database
-from wire.mqtt import make_client, set_nodelay
+from wire.mqtt import connect_in_background, make_client, set_nodelay, wait_connected
 from wire.topics import AlarmTopic, shared, status_filter, telemetry_filter
 
 log = logging.getLogger("vigil.analytics")
@@ -95,12 +95,8 @@ class AnalyticsService:
     def start(self, connect_timeout_s: float = 10.0) -> None:
         self._thread = threading.Thread(target=self._loop, name="analytics", daemon=True)
         self._thread.start()
-        mq = self.settings.mqtt
-        self._client.connect_async(mq.host, mq.port, keepalive=mq.keepalive_s)
-        self._client.loop_start()
-        if not self._connected.wait(connect_timeout_s):
-            log.warning("analytics: broker %s:%s not reachable yet; retrying in the background",
-                        mq.host, mq.port)
+        connect_in_background(self._client, self.settings.mqtt)
+        wait_connected(self._connected, self.settings.mqtt, "analytics", connect_timeout_s)
 
     def wait_connected(self, timeout_s: float) -> bool:
         return self._connected.wait(timeout_s)

@@ -52,7 +52,7 @@ from wire.ingest_events import (
     seen_filter,
     seen_topic,
 )
-from wire.mqtt import make_client, set_nodelay
+from wire.mqtt import connect_in_background, make_client, set_nodelay, wait_connected
 from wire.topics import PREFIX, shared, status_filter, telemetry_filter
 
 log = logging.getLogger("vigil.ingest")
@@ -143,15 +143,10 @@ class IngestService:
             self._metrics.start()
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
         self._writer.start()
-        mq = self.settings.mqtt
-        self._client.connect_async(mq.host, mq.port, keepalive=mq.keepalive_s)
-        self._client.loop_start()
+        connect_in_background(self._client, self.settings.mqtt)
         if self._gossip is not None:
-            self._gossip.connect_async(mq.host, mq.port, keepalive=mq.keepalive_s)
-            self._gossip.loop_start()
-        if not self._connected.wait(connect_timeout_s):
-            log.warning("ingest: broker %s:%s not reachable yet; retrying in the background",
-                        mq.host, mq.port)
+            connect_in_background(self._gossip, self.settings.mqtt)
+        wait_connected(self._connected, self.settings.mqtt, "ingest", connect_timeout_s)
 
     def wait_connected(self, timeout_s: float) -> bool:
         """True once connected (and, in a group, hearing the other workers' sequence numbers)."""

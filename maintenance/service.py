@@ -41,7 +41,7 @@ from maintenance.settings import MaintenanceSettings
 from maintenance.workorders import BatchCache, Policy, SweepResult, apply_anomaly, sweep_sla, sweep_verify
 from wire import AlarmTopic, TelemetryTopic, WireError, decode_telemetry, parse_topic
 from wire.anomaly import Anomaly, decode_anomaly
-from wire.mqtt import make_client, set_nodelay
+from wire.mqtt import connect_in_background, make_client, set_nodelay, wait_connected
 from wire.topics import PREFIX, alarm_filter
 
 log = logging.getLogger("vigil.maintenance")
@@ -142,12 +142,8 @@ class MaintenanceService:
     def start(self, connect_timeout_s: float = 10.0) -> None:
         self._worker = threading.Thread(target=self._work, name="maintenance", daemon=True)
         self._worker.start()
-        mq = self.settings.mqtt
-        self._client.connect_async(mq.host, mq.port, keepalive=mq.keepalive_s)
-        self._client.loop_start()
-        if not self._connected.wait(connect_timeout_s):
-            log.warning("maintenance: broker %s:%s not reachable yet; retrying in the background",
-                        mq.host, mq.port)
+        connect_in_background(self._client, self.settings.mqtt)
+        wait_connected(self._connected, self.settings.mqtt, "maintenance", connect_timeout_s)
 
     def wait_connected(self, timeout_s: float) -> bool:
         return self._connected.wait(timeout_s)

@@ -8,14 +8,18 @@ small QoS 1 messages (performance.md), and paho 2.x does not set it itself.
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
+import threading
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from wire.config import MqttSettings
+
+log = logging.getLogger(__name__)
 
 
 def make_client(
@@ -45,6 +49,22 @@ def make_client(
     client.max_queued_messages_set(max_queued)
     client.reconnect_delay_set(min_delay=1, max_delay=30)
     return client
+
+
+def connect_in_background(client: mqtt.Client, settings: MqttSettings) -> None:
+    """Start connecting and the network loop; paho keeps reconnecting on its own, so a
+    broker that is down at start is waited for, not a reason to stop."""
+    client.connect_async(settings.host, settings.port, keepalive=settings.keepalive_s)
+    client.loop_start()
+
+
+def wait_connected(connected: threading.Event, settings: MqttSettings, who: str, timeout_s: float) -> bool:
+    """Wait for the first connection; log once, naming the broker, if it does not come."""
+    if connected.wait(timeout_s):
+        return True
+    log.warning("%s: broker %s:%s not reachable yet; retrying in the background", who, settings.host,
+                settings.port)
+    return False
 
 
 def set_nodelay(client: mqtt.Client) -> None:
