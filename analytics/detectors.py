@@ -464,6 +464,10 @@ class Threshold(_Last):
 
     name: ClassVar[str] = "threshold"
     SEVERITIES: ClassVar[tuple[str, ...]] = ("info", "warning", "minor", "major", "critical")
+    # A rate of change is measured against a reference reading at least this old: between
+    # two readings a second apart, a sensor's noise and quantisation alone look "fast"
+    # (0.1 degC in 1 s is 6 degC a minute). The reference moves on once it is this old.
+    RATE_SPAN_MS: ClassVar[int] = 60_000
 
     def add_series(self, sid: int, kind: str, metric: str) -> None:
         self._grow_last(sid + 1)
@@ -510,7 +514,7 @@ class Threshold(_Last):
         now_active = cond & (b.ts - since >= self._dur[i])
         dt = (b.ts - self._last_ts[i]).astype(np.float64)
         rate = np.abs(x - self._last[i]) / np.maximum(dt, 1.0) * 60_000
-        fast = (dt > 0) & ~np.isnan(self._last[i]) & (rate > self._rate[i])
+        fast = (dt >= self.RATE_SPAN_MS) & ~np.isnan(self._last[i]) & (rate > self._rate[i])
         return now_active, since, fast
 
     def score(self, b: Batch) -> F64:
@@ -530,8 +534,9 @@ class Threshold(_Last):
         active, since, _ = self._next(b)
         self._active[b.sid] = active
         self._since[b.sid] = since
-        self._last[b.sid] = b.x
-        self._last_ts[b.sid] = b.ts
+        move = np.isnan(self._last[b.sid]) | (b.ts - self._last_ts[b.sid] >= self.RATE_SPAN_MS)
+        self._last[b.sid[move]] = b.x[move]
+        self._last_ts[b.sid[move]] = b.ts[move]
 
 
 # The registry: name -> class. The engine runs every one of them, in this order.
