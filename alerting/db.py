@@ -22,17 +22,9 @@ __all__ = ["MIGRATIONS", "VERSION_TABLE", "configure", "open_engine", "upgrade"]
 
 def open_engine(url: str) -> Engine:
     """An engine for ``url`` with the alerting schema at head; a SQLite file's folder is created."""
-    try:
-        engine = database.create(url)
-        database.upgrade(engine, MIGRATIONS)
-    except database.DatabaseError as e:
-        raise AlertingError(str(e)) from None
-    return engine
+    return database.open_engine(url, MIGRATIONS, AlertingError)
 
 
 def upgrade(engine: Engine) -> None:
     """Bring the alerting tables to the newest revision."""
-    try:
-        database.upgrade(engine, MIGRATIONS)
-    except database.DatabaseError as e:
-        raise AlertingError(str(e)) from None
+    database.upgrade(engine, MIGRATIONS, AlertingError)

@@ -66,10 +66,7 @@ MIGRATIONS: Final = database.Migrations(
 
 def upgrade(engine: Engine) -> None:
     """Bring the analytics tables up to date (Alembic, own version table)."""
-    try:
-        database.upgrade(engine, MIGRATIONS)
-    except database.DatabaseError as e:
-        raise AnalyticsError(str(e)) from None
+    database.upgrade(engine, MIGRATIONS, AnalyticsError)
 
 
 def _payload(a: Anomaly) -> dict[str, Any]:

@@ -62,12 +62,7 @@ class Stats:
 
 def open_engine(url: str) -> sa.Engine:
     """An engine for ``url`` with the analytics tables at head."""
-    try:
-        engine = wire_database.create(url)
-    except wire_database.DatabaseError as e:
-        raise AnalyticsError(str(e)) from None
-    db.upgrade(engine)
-    return engine
+    return wire_database.open_engine(url, db.MIGRATIONS, AnalyticsError)
 
 
 class AnalyticsService:

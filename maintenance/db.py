@@ -23,17 +23,9 @@ __all__ = ["MIGRATIONS", "VERSION_TABLE", "configure", "open_engine", "upgrade"]
 
 def open_engine(url: str) -> Engine:
     """An engine for ``url`` with the maintenance schema at head; a SQLite file's folder is created."""
-    try:
-        engine = database.create(url)
-        database.upgrade(engine, MIGRATIONS)
-    except database.DatabaseError as e:
-        raise MaintenanceError(str(e)) from None
-    return engine
+    return database.open_engine(url, MIGRATIONS, MaintenanceError)
 
 
 def upgrade(engine: Engine) -> None:
     """Bring the maintenance tables to the newest revision."""
-    try:
-        database.upgrade(engine, MIGRATIONS)
-    except database.DatabaseError as e:
-        raise MaintenanceError(str(e)) from None
+    database.upgrade(engine, MIGRATIONS, MaintenanceError)

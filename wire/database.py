@@ -80,8 +80,26 @@ def create(url: str) -> Engine:
         raise DatabaseError(f"cannot use database_url {url!r}: {e}") from None
 
 
-def upgrade(engine: Engine, migrations: Migrations, attempts: int = 5) -> None:
-    """Bring one package's tables to the newest revision."""
+def open_engine(url: str, migrations: Migrations, error: type[Exception] = DatabaseError) -> Engine:
+    """An engine for ``url`` with one package's schema at head; a failure raises ``error``
+    (the package's own root error) saying why."""
+    try:
+        engine = create(url)
+        _upgrade(engine, migrations)
+    except DatabaseError as e:
+        raise error(str(e)) from None
+    return engine
+
+
+def upgrade(engine: Engine, migrations: Migrations, error: type[Exception] = DatabaseError) -> None:
+    """Bring one package's tables to the newest revision; a failure raises ``error``."""
+    try:
+        _upgrade(engine, migrations)
+    except DatabaseError as e:
+        raise error(str(e)) from None
+
+
+def _upgrade(engine: Engine, migrations: Migrations, attempts: int = 5) -> None:
     configure(engine)
     for attempt in range(1, attempts + 1):
         try:
