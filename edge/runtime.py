@@ -164,7 +164,10 @@ class AgentRuntime:
         """First half of a stop: publish the retained graceful offline status."""
         self._stopping = True
         if self._client is not None:
-            self._publish(self.core.goodbye(now_ms))
+            # Never stamped before this connection's birth (a simulated clock may run in the
+            # past): stores keep the greatest ts_ms, so an older goodbye would leave the agent
+            # "online" (see wire.payloads.Status).
+            self._publish(self.core.goodbye(max(now_ms, self._connect_ms)))
 
     def close(self, deadline_monotonic: float) -> None:
         """Second half of a stop: wait for acknowledgements until the deadline, disconnect."""
@@ -399,16 +402,7 @@ class Scheduler:
             self._stop(started)
 
     def _stop(self, runtimes: Sequence[AgentRuntime]) -> None:
-        # Goodbyes first, then one shared deadline: N agents stop in one timeout, not N.
-        now = self.clock()
-        for rt in runtimes:
-            try:
-                rt.say_goodbye(now)
-            except Exception as e:  # every agent must still get to disconnect
-                log.error("agent %s/%s: graceful offline status failed: %s", rt.core.site, rt.core.agent, e)
-        deadline = time.monotonic() + self.stop_timeout_s
-        for rt in runtimes:
-            rt.close(deadline)
+        stop_all(runtimes, self.clock(), self.stop_timeout_s)
 
 
 def build_drivers(
@@ -471,3 +465,16 @@ def run(settings: EdgeSettings, stop_event: threading.Event) -> None:
         settings.mqtt.host, settings.mqtt.port,
     )
     Scheduler([runtime], stop_timeout_s=settings.stop_timeout_s).run(stop_event)
+
+
+def stop_all(runtimes: Sequence[AgentRuntime], now_ms: int, timeout_s: float) -> None:
+    """Stop runtimes together: goodbyes first, then one shared deadline, so N agents stop
+    in one timeout, not N."""
+    for rt in runtimes:
+        try:
+            rt.say_goodbye(now_ms)
+        except Exception as e:  # every agent must still get to disconnect
+            log.error("agent %s/%s: graceful offline status failed: %s", rt.core.site, rt.core.agent, e)
+    deadline = time.monotonic() + timeout_s
+    for rt in runtimes:
+        rt.close(deadline)

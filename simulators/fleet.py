@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 from edge.agent import Agent, PollPlan, Publication
 from edge.drivers import Driver
-from edge.runtime import AgentRuntime, AgentStats, OnAcked, wall_ms
+from edge.runtime import AgentRuntime, AgentStats, OnAcked, stop_all, wall_ms
 from simulators.base import Building, DeviceModel, stable_seed
 from simulators.errors import SimError
 from simulators.faults import Fault
@@ -325,21 +325,7 @@ class Fleet:
                     stop_event.wait(wait_s)
         finally:
             self.ended_ms = clock.now()
-            self._stop(started)
-
-    def _stop(self, runtimes: Sequence[AgentRuntime]) -> None:
-        # Goodbyes first, then one shared deadline: N agents stop in one timeout, not N.
-        # A birth is stamped by the wall clock (the runtime re-arms its will at connect), so
-        # a goodbye stamped in a replayed past would lose to it and leave agents "online".
-        now = max(self.clock.now(), wall_ms())
-        for rt in runtimes:
-            try:
-                rt.say_goodbye(now)
-            except Exception as e:  # every agent must still get to disconnect
-                log.error("agent %s/%s: graceful offline status failed: %s", rt.core.site, rt.core.agent, e)
-        deadline = time.monotonic() + self.stop_timeout_s
-        for rt in runtimes:
-            rt.close(deadline)
+            stop_all(started, clock.now(), self.stop_timeout_s)
 
     def _totals(self) -> tuple[int, int]:
         polls = readings = 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -13,26 +12,14 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from api.settings import ApiSettings
 from ingest.service import IngestService
-from ingest.store import Store, StoreSettings, open_store
-from tests.test_ingest import publisher, purge_session, start_ingest, wait_until
+from ingest.store import Store, StoreSettings
+from tests.test_ingest import publisher, purge_session, start_ingest, store, store_settings, wait_until
 from vigil.cli import main
 from wire import MqttSettings, Reading, Telemetry, TelemetryTopic, encode
 
-__all__ = ["publisher"]  # the fixture, re-used
+__all__ = ["publisher", "store", "store_settings"]  # the fixtures, re-used
 
 FUTURE_MS = int(time.time() * 1000) + 3 * 86_400_000  # three days ahead: a wrong clock, by default
-
-
-@pytest.fixture(params=["embedded", "influx"])
-def store_settings(request: pytest.FixtureRequest) -> StoreSettings:
-    return request.getfixturevalue(f"{request.param}_settings")  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def store(store_settings: StoreSettings) -> Iterator[Store]:
-    s = open_store(store_settings)
-    yield s
-    s.close()
 
 
 def _env(monkeypatch: pytest.MonkeyPatch, mqtt_settings: MqttSettings, settings: StoreSettings) -> None:

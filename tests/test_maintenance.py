@@ -12,11 +12,11 @@ from sqlalchemy.orm import Session
 
 from maintenance import core, pm
 from maintenance.errors import TransitionError
-from maintenance.models import Audit, Device, Equipment, Outbox, PmSchedule, Round, Route, Site, WorkOrder
+from maintenance.models import Audit, Outbox, PmSchedule, Round, Route, Site, WorkOrder
 from maintenance.service import Message, apply_messages, sweep
 from maintenance.workorders import Policy, assign, history, transition
 from tests import test_maintenance_support as support
-from tests.test_maintenance_support import T0, anomaly, new_site, payload
+from tests.test_maintenance_support import T0, anomaly, ledger, new_site, payload
 from wire import AlarmTopic, WireError
 from wire.anomaly import Anomaly
 from wire.workorder import SlaBreach, decode_sla_breach, encode_sla_breach, sla_topic
@@ -106,18 +106,6 @@ def _orders(engine: Engine, site: str) -> list[WorkOrder]:
         return list(s.scalars(select(WorkOrder).where(WorkOrder.site_id == site).order_by(WorkOrder.id)))
 
 
-def _ledger(engine: Engine, site: str, *devices: str) -> int:
-    with Session(engine) as s, s.begin():
-        s.add(Site(id=site, name=site))
-        s.flush()
-        eq = Equipment(site_id=site, code="P-101", kind="pump", brick_class="brick:Pump")
-        s.add(eq)
-        s.flush()
-        for d in devices:
-            s.add(Device(site_id=site, device=d, equipment_id=eq.id))
-        return eq.id
-
-
 def test_replaying_an_anomaly_ten_times_gives_one_work_order(engine: Engine) -> None:
     site = new_site()
     a = anomaly("an-1")
@@ -137,7 +125,7 @@ def test_replaying_an_anomaly_ten_times_gives_one_work_order(engine: Engine) -> 
 
 def test_later_occurrences_attach_and_escalate_and_other_faults_open_their_own(engine: Engine) -> None:
     site = new_site()
-    eq_id = _ledger(engine, site, "pump-01", "pump-01-vfd")
+    eq_id = ledger(engine, site, "pump-01", "pump-01-vfd")
     _apply(engine, site, "pump-01", anomaly("a1", severity="minor"))
     _apply(engine, site, "pump-01", anomaly("a1", "cleared", T0 + 1000, severity="minor"))
     # The same fault again, on another device of the same equipment, more severe: same order.
@@ -235,7 +223,7 @@ def test_sla_breaches_are_recorded_once_and_queued_for_the_bus(engine: Engine) -
 
 def test_pm_calendar_schedule_generates_ahead_and_never_twice(engine: Engine) -> None:
     site = new_site()
-    eq_id = _ledger(engine, site)
+    eq_id = ledger(engine, site)
     with Session(engine) as s, s.begin():
         sch = PmSchedule(
             title="Grease bearings",
@@ -270,7 +258,7 @@ def test_pm_calendar_schedule_generates_ahead_and_never_twice(engine: Engine) ->
 
 def test_meter_schedule_every_2000_running_hours(engine: Engine) -> None:
     site = new_site()
-    eq_id = _ledger(engine, site)
+    eq_id = ledger(engine, site)
     with Session(engine) as s, s.begin():
         s.add(
             PmSchedule(

@@ -15,11 +15,11 @@ from sqlalchemy.orm import Session
 
 from maintenance import core
 from maintenance.errors import TransitionError
-from maintenance.models import Device, Equipment, Outbox, PmSchedule, Site, WorkOrder
+from maintenance.models import Outbox, PmSchedule, WorkOrder
 from maintenance.service import Message, apply_messages, sweep
 from maintenance.workorders import Policy, assign, create, transition
 from tests import test_maintenance_support as support
-from tests.test_maintenance_support import T0, anomaly, new_site, payload
+from tests.test_maintenance_support import T0, anomaly, ledger, new_site, payload
 from wire import AlarmTopic, WireError
 from wire.anomaly import Anomaly
 from wire.workorder import (
@@ -53,18 +53,6 @@ def _apply(engine: Engine, site: str, device: str, *events: Anomaly, now: int = 
     with Session(engine) as s, s.begin():
         msgs = [Message(1, 1, AlarmTopic(site, device).format(), payload(a)) for a in events]
         apply_messages(s, msgs, now_ms=now, policy=POLICY)
-
-
-def _ledger(engine: Engine, site: str, *devices: str) -> int:
-    with Session(engine) as s, s.begin():
-        s.add(Site(id=site, name=site))
-        s.flush()
-        eq = Equipment(site_id=site, code="P-101", kind="pump", brick_class="brick:Pump")
-        s.add(eq)
-        s.flush()
-        for d in devices:
-            s.add(Device(site_id=site, device=d, equipment_id=eq.id))
-        return eq.id
 
 
 def _order_id(engine: Engine, site: str) -> int:
@@ -108,7 +96,7 @@ def test_the_event_round_trips_and_strict_decoding_names_what_is_wrong() -> None
 def test_api_create_assign_and_every_transition_each_write_one_event(
         client: TestClient, engine: Engine, clock: support.Clock) -> None:
     site = new_site()
-    eq_id = _ledger(engine, site, "pump-01", "pump-01-vfd")
+    eq_id = ledger(engine, site, "pump-01", "pump-01-vfd")
     r = client.post("/api/v1/work-orders",
                     json={"title": "Pump noisy", "equipment_id": eq_id, "priority": "P2"})
     assert r.status_code == 201, r.text
@@ -152,7 +140,7 @@ def test_api_create_assign_and_every_transition_each_write_one_event(
 
 def test_anomaly_create_attach_reopen_and_the_closed_loop_write_the_right_events(engine: Engine) -> None:
     site = new_site()
-    _ledger(engine, site, "pump-01", "pump-01-vfd")
+    ledger(engine, site, "pump-01", "pump-01-vfd")
     a = anomaly("an-1")
     _apply(engine, site, "pump-01", a, a)  # created, and a replay in the same batch
     _apply(engine, site, "pump-01", a)  # a replay in another batch
@@ -208,7 +196,7 @@ def test_anomaly_create_attach_reopen_and_the_closed_loop_write_the_right_events
 
 def test_sla_breaches_pm_orders_and_rolled_back_changes(engine: Engine) -> None:
     site = new_site()
-    eq_id = _ledger(engine, site, "chiller-01")
+    eq_id = ledger(engine, site, "chiller-01")
     _apply(engine, site, "chiller-01", anomaly("sla-1", severity="critical"))
     wo = _order_id(engine, site)
     with Session(engine) as s, s.begin():

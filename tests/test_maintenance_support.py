@@ -11,12 +11,14 @@ import msgspec
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
 from api.deps import now_ms
 from api.main import create_app
 from api.settings import ApiSettings
 from ingest.store import Store, StoreSettings, open_store
 from maintenance.db import open_engine
+from maintenance.models import Device, Equipment, Site
 from tests.services import fresh_database
 from wire.anomaly import Anomaly, AnomalyState
 from wire.payloads import Severity
@@ -100,3 +102,16 @@ def new_site() -> str:
 
 def payload(a: Anomaly) -> bytes:
     return msgspec.json.encode(a)
+
+
+def ledger(engine: Engine, site: str, *devices: str) -> int:
+    """A site with one pump (P-101) bound to ``devices``; returns the equipment id."""
+    with Session(engine) as s, s.begin():
+        s.add(Site(id=site, name=site))
+        s.flush()
+        eq = Equipment(site_id=site, code="P-101", kind="pump", brick_class="brick:Pump")
+        s.add(eq)
+        s.flush()
+        for d in devices:
+            s.add(Device(site_id=site, device=d, equipment_id=eq.id))
+        return eq.id
