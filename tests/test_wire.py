@@ -442,3 +442,49 @@ def test_printable_ascii_ids_match_the_documented_rule() -> None:
     for ch in map(chr, range(32, 127)):
         ok = _fullmatch(ID_PATTERN, "a" + ch)
         assert ok == (ch in allowed), ch
+
+
+# -- agent link: acknowledgements, health, birth ------------------------------------------
+
+
+def test_agent_level_topics_round_trip() -> None:
+    from wire.topics import AckTopic, HealthTopic, ack_filter, health_filter
+
+    for topic in (AckTopic("hq", "gw-1"), HealthTopic("hq", "gw-1")):
+        assert parse_topic(topic.format()) == topic
+    assert ack_filter("hq") == "vigil/v1/hq/+/ack"
+    assert health_filter() == "vigil/v1/+/+/health"
+
+
+def test_ack_round_trip_and_reversed_range() -> None:
+    from wire.agent import Ack, decode_ack
+
+    ack = Ack(v=1, worker="ingest-1", ts_ms=MIN_TS_MS, ranges=((1, 5), (9, 9)))
+    assert decode_ack(encode(ack)) == ack
+    assert ack.covers(3) and ack.covers(9) and not ack.covers(7)
+    with pytest.raises(WireError, match=r"ack range \[5, 1\] is reversed"):
+        decode_ack(b'{"v":1,"worker":"w","ts_ms":%d,"ranges":[[5,1]]}' % MIN_TS_MS)
+    with pytest.raises(WireError, match="ranges"):
+        decode_ack(b'{"v":1,"worker":"w","ts_ms":%d,"ranges":[]}' % MIN_TS_MS)
+
+
+def test_health_and_birth_with_devices_round_trip() -> None:
+    from wire.agent import AgentHealth, DeviceHealth, decode_health
+
+    health = AgentHealth(
+        v=1, ts_ms=MIN_TS_MS, boot=3, outbox_depth=2, outbox_bytes=300, oldest_unacked_age_s=1.5,
+        dropped=0, poll_errors=4, publish_p99_s=0.02,
+        devices={"pump-1": DeviceHealth(state="offline", since_ms=MIN_TS_MS, reason="timeout")},
+    )
+    assert decode_health(encode(health)) == health
+    birth = Status(v=1, state="online", ts_ms=MIN_TS_MS, boot=3, version="1.2", devices={"pump-1": "pump"})
+    assert decode_status(encode(birth)) == birth
+    with pytest.raises(WireError, match="devices"):
+        decode_status(b'{"v":1,"state":"online","ts_ms":%d,"devices":{"a/b":"pump"}}' % MIN_TS_MS)
+
+
+def test_historical_flag_is_omitted_when_false() -> None:
+    live = Telemetry(v=1, seq=1, readings=(Reading(ts_ms=MIN_TS_MS, metric="t", value=1.0),))
+    assert b"historical" not in encode(live)
+    old = Telemetry(v=1, seq=1, readings=live.readings, historical=True)
+    assert decode_telemetry(encode(old)).historical is True

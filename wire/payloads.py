@@ -37,6 +37,9 @@ Seq = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 # and its `$` is already strict.
 _METRIC_STRICT: Final = METRIC_PATTERN.removesuffix("$") + r"\Z"
 MetricName = Annotated[str, msgspec.Meta(pattern=_METRIC_STRICT)]
+# Same rule as wire.topics.ID_PATTERN (a device id is a topic segment).
+DeviceId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")]
+MAX_DEVICES: Final = 10_000
 Unit = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
 Text = Annotated[str, msgspec.Meta(max_length=1024)]
 Kind = Annotated[str, msgspec.Meta(pattern=_METRIC_STRICT)]
@@ -60,12 +63,20 @@ class Reading(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defa
             raise ValueError(f"value of {self.metric!r} must be finite, got {self.value}")
 
 
-class Telemetry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A batch of readings of one device, numbered by the agent's publish sequence."""
+class Telemetry(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A batch of readings of one device, numbered by the agent's publish sequence.
+
+    ``seq`` is the agent's, not the device's: it grows by one per telemetry message across
+    all devices of the agent and continues across agent restarts (the outbox keeps it), so
+    ingest can acknowledge it (``wire.agent.Ack``) and see gaps. ``historical`` marks a
+    message replayed from the agent's outbox after an outage (Sparkplug's is_historical):
+    its readings are old, so consumers that act on "now" (presence, late-data rules) must
+    not take them as fresh."""
 
     v: Literal[1]
     seq: Seq
     readings: Annotated[tuple[Reading, ...], msgspec.Meta(min_length=1, max_length=MAX_READINGS)]
+    historical: bool = False
 
 
 class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -94,6 +105,11 @@ class Status(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defau
     ts_ms: TsMs
     boot: Seq = 0
     reason: Text = ""
+    # In a birth: the agent's software version and the devices it reads, id -> equipment
+    # kind ("pump", "chiller", "door", ...). Ingest refuses telemetry of a device its agent
+    # did not announce; analytics picks detectors by kind. Empty in a will or goodbye.
+    version: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    devices: Annotated[dict[DeviceId, Kind], msgspec.Meta(max_length=MAX_DEVICES)] = {}
 
 
 Message = Telemetry | Event | Status
@@ -104,8 +120,8 @@ _ENCODER: Final = msgspec.json.Encoder()
 _DECODERS: Final[dict[type[msgspec.Struct], msgspec.json.Decoder[Any]]] = {}
 
 
-def encode(message: Message) -> bytes:
-    """Serialise a payload to its JSON bytes."""
+def encode(message: msgspec.Struct) -> bytes:
+    """Serialise a payload of the contract (any of its Struct types) to its JSON bytes."""
     return _ENCODER.encode(message)
 
 

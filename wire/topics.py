@@ -6,6 +6,8 @@ Scheme (architecture.md, "The wire contract"):
     vigil/v1/{site}/{agent}/{device}/telemetry
     vigil/v1/{site}/{agent}/{device}/event
     vigil/v1/{site}/{agent}/cmd/{name}              to the agent
+    vigil/v1/{site}/{agent}/ack                     to the agent: what ingest durably stored
+    vigil/v1/{site}/{agent}/health                  retained; the agent's own health
     vigil/v1/{site}/_alarm/{device}                 the system's own alarm events
 
 Invariants:
@@ -121,7 +123,45 @@ class AlarmTopic:
         return f"{PREFIX}/{self.site}/{ALARM_SEGMENT}/{self.device}"
 
 
-Topic = StatusTopic | TelemetryTopic | EventTopic | CommandTopic | AlarmTopic
+@dataclass(frozen=True, slots=True)
+class AckTopic:
+    """Where ingest tells one agent which of its messages are durably stored (wire.agent.Ack)."""
+
+    site: str
+    agent: str
+
+    def __post_init__(self) -> None:
+        check_id("site", self.site)
+        check_id("agent", self.agent)
+
+    def format(self) -> str:
+        return f"{PREFIX}/{self.site}/{self.agent}/ack"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthTopic:
+    """Where an agent reports its own health (wire.agent.AgentHealth), retained."""
+
+    site: str
+    agent: str
+
+    def __post_init__(self) -> None:
+        check_id("site", self.site)
+        check_id("agent", self.agent)
+
+    def format(self) -> str:
+        return f"{PREFIX}/{self.site}/{self.agent}/health"
+
+
+Topic = StatusTopic | TelemetryTopic | EventTopic | CommandTopic | AlarmTopic | AckTopic | HealthTopic
+
+
+# The topics one level under an agent: vigil/v1/{site}/{agent}/{leaf}.
+_AGENT_TOPICS: Final[dict[str, type[StatusTopic | AckTopic | HealthTopic]]] = {
+    "status": StatusTopic,
+    "ack": AckTopic,
+    "health": HealthTopic,
+}
 
 
 def parse_topic(topic: str) -> Topic:
@@ -134,8 +174,8 @@ def parse_topic(topic: str) -> Topic:
     n = len(parts)
     if n == 3 and parts[1] == ALARM_SEGMENT:
         return AlarmTopic(site=parts[0], device=parts[2])
-    if n == 3 and parts[2] == "status":
-        return StatusTopic(site=parts[0], agent=parts[1])
+    if n == 3 and parts[2] in _AGENT_TOPICS:
+        return _AGENT_TOPICS[parts[2]](site=parts[0], agent=parts[1])
     if n == 4 and parts[2] == CMD_SEGMENT:
         return CommandTopic(site=parts[0], agent=parts[1], name=parts[3])
     if n == 4 and parts[3] == "telemetry":
@@ -144,7 +184,7 @@ def parse_topic(topic: str) -> Topic:
         return EventTopic(site=parts[0], agent=parts[1], device=parts[2])
     raise WireError(
         f"topic {topic[:120]!r} matches no Vigil topic "
-        "(status, telemetry, event, cmd/<name>, _alarm/<device>)"
+        "(status, ack, health, telemetry, event, cmd/<name>, _alarm/<device>)"
     )
 
 
@@ -168,6 +208,14 @@ def event_filter(site: str | None = None, agent: str | None = None) -> str:
 
 def command_filter(site: str, agent: str) -> str:
     return f"{PREFIX}/{check_id('site', site)}/{check_id('agent', agent)}/{CMD_SEGMENT}/+"
+
+
+def ack_filter(site: str | None = None, agent: str | None = None) -> str:
+    return f"{PREFIX}/{_seg(site, 'site')}/{_seg(agent, 'agent')}/ack"
+
+
+def health_filter(site: str | None = None, agent: str | None = None) -> str:
+    return f"{PREFIX}/{_seg(site, 'site')}/{_seg(agent, 'agent')}/health"
 
 
 def alarm_filter(site: str | None = None) -> str:
