@@ -13,8 +13,12 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-demo: venv
+demo: venv node_modules/.package-lock.json
 	$(VENV)/bin/vigil demo
+
+# The dashboard's front-end libraries, from the npm registry (package.json); not in the repository.
+node_modules/.package-lock.json: package.json
+	npm install --no-audit --no-fund
 
 test: venv
 	scripts/test

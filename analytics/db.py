@@ -1,7 +1,8 @@
 """Anomalies in the relational database (SQLAlchemy 2 Core; SQLite or PostgreSQL).
 
 ``analytics_anomalies`` holds each anomaly's current state (one row per id);
-``analytics_anomaly_events`` every lifecycle event, keyed (id, state, ts_ms). The schema
+``analytics_anomaly_events`` every lifecycle event, keyed (id, state, ts_ms);
+``analytics_models`` every multivariate model fitted, keyed (kind, version). The schema
 is Alembic's (``analytics/migrations``) with analytics' own version table, brought up to
 date by ``upgrade(engine)`` — called by the analytics worker and by the API at start.
 
@@ -21,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from analytics import AnalyticsError
+from analytics.models import KindModel
 from wire import database
 from wire.anomaly import Anomaly
 
@@ -55,6 +57,19 @@ events = sa.Table(
     sa.Column("ts_ms", sa.BigInteger, nullable=False),
     sa.Column("payload", sa.JSON, nullable=False),
     sa.PrimaryKeyConstraint("anomaly_id", "state", "ts_ms"),
+)
+
+# Multivariate models, one row per (kind, version): plain JSON arrays (no pickle), kept so
+# a restart scores with the latest and an engineer can compare versions.
+models = sa.Table(
+    "analytics_models", metadata,
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("trained_ms", sa.BigInteger, nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.PrimaryKeyConstraint("kind", "version"),
 )
 
 
@@ -154,3 +169,57 @@ def get_anomaly(engine: Engine, anomaly_id: str) -> tuple[Stored, list[Anomaly]]
         history = conn.execute(sa.select(events.c.payload).where(events.c.anomaly_id == anomaly_id)
                                .order_by(events.c.ts_ms, events.c.state)).all()
     return _stored(r), [msgspec.convert(h.payload, Anomaly) for h in history]
+
+
+# -- multivariate models ----------------------------------------------------------------------
+
+
+def next_model_version(engine: Engine, kind: str) -> int:
+    with engine.connect() as conn:
+        top = conn.execute(sa.select(sa.func.max(models.c.version)).where(models.c.kind == kind)).scalar()
+    return int(top or 0) + 1
+
+
+def save_model(engine: Engine, model: KindModel) -> None:
+    """Store a fitted model; a version already stored is left as it is (a retried save)."""
+    with engine.begin() as conn:
+        seen = conn.execute(sa.select(models.c.version).where(
+            models.c.kind == model.kind, models.c.version == model.version)).first()
+        if seen is None:
+            conn.execute(models.insert().values(kind=model.kind, version=model.version,
+                                                trained_ms=model.trained_ms, rows=model.rows,
+                                                source=model.source, payload=model.to_json()))
+
+
+def latest_models(engine: Engine) -> tuple[list[KindModel], list[str]]:
+    """The newest version of each kind's model, and a reason for each row that was unusable."""
+    top = (sa.select(models.c.kind, sa.func.max(models.c.version).label("v"))
+           .group_by(models.c.kind).subquery())
+    stmt = sa.select(models.c.kind, models.c.version, models.c.payload).join(
+        top, sa.and_(models.c.kind == top.c.kind, models.c.version == top.c.v))
+    out: list[KindModel] = []
+    problems: list[str] = []
+    with engine.connect() as conn:
+        for r in conn.execute(stmt):
+            try:
+                out.append(KindModel.from_json(r.payload))
+            except (KeyError, TypeError, ValueError) as e:
+                problems.append(f"model {r.kind} v{r.version} is unreadable ({e}); it will be retrained")
+    return out, problems
+
+
+Windows = dict[tuple[str, str], list[tuple[int, int]]]
+
+
+def unhealthy_windows(engine: Engine, since_ms: int, now_ms: int) -> Windows:
+    """(site, device) -> [(started, cleared or now)] of every anomaly alive since ``since_ms``:
+    the periods that do not count as healthy history."""
+    c = anomalies.c
+    stmt = sa.select(c.site, c.device, c.started_ms, c.cleared_ms).where(
+        sa.or_(c.cleared_ms.is_(None), c.cleared_ms >= since_ms))
+    out: Windows = {}
+    with engine.connect() as conn:
+        for r in conn.execute(stmt):
+            out.setdefault((r.site, r.device), []).append(
+                (int(r.started_ms), int(r.cleared_ms) if r.cleared_ms is not None else now_ms))
+    return out

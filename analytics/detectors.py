@@ -75,7 +75,9 @@ class Detector(Protocol):
 def _grow(a: NDArray[np.generic], n: int, fill: float | int | bool) -> NDArray[np.generic]:
     if a.shape[0] >= n:
         return a
-    size = max(n, 2 * a.shape[0], 64)
+    # grow by a quarter: registering series is rare, and doubling would leave up to half of
+    # every array unused (the memory budget is per tracked series)
+    size = max(n, a.shape[0] + a.shape[0] // 4, 64)
     out = np.full((size, *a.shape[1:]), fill, dtype=a.dtype)
     out[: a.shape[0]] = a
     return out
@@ -118,6 +120,13 @@ class Baseline:
 
     name: ClassVar[str] = "baseline"
     UNHEALTHY_WEIGHT: ClassVar[float] = 0.1
+    # The threshold adapts to the series' own tail: a series whose excursions beyond it start
+    # more often than once in EXCURSION_RATE readings (a spiky load, a heavy-tailed flow)
+    # raises its own limit EXCURSION_STEP per excursion; quiet readings lower it back
+    # towards z_fire. Counted per excursion, not per reading, so a lasting fault does not
+    # teach the limit to accept it.
+    EXCURSION_RATE: ClassVar[float] = 0.001
+    EXCURSION_STEP: ClassVar[float] = 0.2
     SEASON_MEMORY: ClassVar[int] = 200  # readings of one bucket remembered
     SEASON_GAIN: ClassVar[float] = 0.5  # the season must halve the squared error to be used
 
@@ -135,6 +144,8 @@ class Baseline:
             self._scount = np.zeros((0, SEASON_BUCKETS), np.uint16)
             self._res_g = np.zeros(0, np.float32)  # EW squared error of the all-day baseline
             self._res_s = np.zeros(0, np.float32)  # ... and of the season's
+            self._zlim = np.zeros(0, np.float32)  # the series' own limit, >= z_fire
+            self._above = np.zeros(0, np.bool_)  # its last reading was beyond that limit
 
     def add_series(self, sid: int, kind: str, metric: str) -> None:
         self._ensure()
@@ -148,6 +159,8 @@ class Baseline:
         self._scount = _grow(self._scount, n, 0)  # type: ignore[assignment]
         self._res_g = _grow(self._res_g, n, np.inf)  # type: ignore[assignment]
         self._res_s = _grow(self._res_s, n, np.inf)  # type: ignore[assignment]
+        self._zlim = _grow(self._zlim, n, self.cfg.z_fire)  # type: ignore[assignment]
+        self._above = _grow(self._above, n, False)  # type: ignore[assignment]
 
     def _bucket(self, ts: I64) -> I64:
         local = ts + int(self.cfg.utc_offset_h * HOUR_MS)
@@ -171,10 +184,15 @@ class Baseline:
         sd = np.maximum(np.sqrt(var), self.cfg.rel_sd_floor * np.abs(mean) + 1e-9)
         return mean, sd, seasonal, bucket
 
-    def score(self, b: Batch) -> F64:
+    def _z(self, b: Batch) -> F64:
         mean, sd, _, _ = self._expected(b)
-        z = np.abs(b.x - mean) / sd
-        return np.where(self._n[b.sid] >= self.cfg.warmup_readings, z_score(z, self.cfg.z_fire), 0.0)
+        return np.abs(b.x - mean) / sd
+
+    def score(self, b: Batch) -> F64:
+        z = self._z(b)
+        self._seen: tuple[Batch, F64] = (b, z)  # learn() needs the same deviations: computed once
+        z_eff = z * (self.cfg.z_fire / self._zlim[b.sid])
+        return np.where(self._n[b.sid] >= self.cfg.warmup_readings, z_score(z_eff, self.cfg.z_fire), 0.0)
 
     def describe(self, sid: int, x: float, ts: int) -> Finding:
         one = Batch(np.array([sid], np.int64), np.array([ts], np.int64), np.array([x], np.float64))
@@ -192,6 +210,18 @@ class Baseline:
         i, x = b.sid, b.x
         n = self._n[i]
         weight = np.where(healthy, 1.0, self.UNHEALTHY_WEIGHT)
+        seen: tuple[Batch, F64] | None = self.__dict__.pop("_seen", None)
+        z = seen[1] if seen is not None and seen[0] is b else self._z(b)
+        lim = self._zlim[i]
+        # an excursion lasts until the deviation falls below half the limit (hysteresis), so
+        # a fault hovering around the limit is one excursion, not many
+        was = self._above[i]
+        start = ~was & (z > lim) & (n >= self.cfg.warmup_readings)
+        above = start | (was & (z > 0.5 * lim))
+        down = self.EXCURSION_STEP * self.EXCURSION_RATE
+        self._zlim[i] = np.where(start, lim * (1 + self.EXCURSION_STEP),
+                                 np.maximum(lim * (1 - down), self.cfg.z_fire))
+        self._above[i] = above
         # how well each baseline predicted this reading, before learning it
         own = self._bucket(b.ts)
         ready = self._scount[i, own] >= self.cfg.seasonal_min_count
@@ -537,14 +567,3 @@ class Threshold(_Last):
         move = np.isnan(self._last[b.sid]) | (b.ts - self._last_ts[b.sid] >= self.RATE_SPAN_MS)
         self._last[b.sid[move]] = b.x[move]
         self._last_ts[b.sid[move]] = b.ts[move]
-
-
-# The registry: name -> class. The engine runs every one of them, in this order.
-DETECTORS: dict[str, type[Detector]] = {
-    Threshold.name: Threshold,
-    Range.name: Range,
-    Stuck.name: Stuck,
-    Spike.name: Spike,
-    Noisy.name: Noisy,
-    Baseline.name: Baseline,
-}

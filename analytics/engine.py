@@ -6,9 +6,12 @@ lets the detectors learn. ``tick(now_ms)`` finds devices whose data is late;
 ``agent_status`` turns an agent's offline status into ``device_offline`` anomalies.
 
 Fusion (per device, so one fault gives one anomaly, not a storm):
-- a series' evidence is the sum of the scores of its consecutive firing readings; an
-  anomaly opens when one series reaches ``open_evidence`` (a rule at once, a statistical
-  deviation after two readings);
+- a series' evidence is the sum of the scores of its consecutive firing readings, each
+  weighted by its detector's ``EVIDENCE`` (1 unless a detector's score already sums many
+  readings, as ``surprise``'s does); an anomaly opens when one series reaches
+  ``open_evidence`` (a rule at once, a statistical deviation after two readings);
+- a statistical anomaly that cleared does not reopen for ``REARM_READINGS`` usual intervals
+  of its device (re-alarm suppression against chattering); rules and ranges always do;
 - while a device has an open anomaly, further firing metrics and detectors join it and an
   ``updated`` event is sent when the set grows or the severity rises (at most once per
   ``update_min_s`` unless the severity rises);
@@ -32,7 +35,6 @@ from typing import Final, NamedTuple
 import numpy as np
 
 from analytics.detectors import (
-    DETECTORS,
     F64,
     FIRE,
     I64,
@@ -46,10 +48,12 @@ from analytics.detectors import (
     _grow,
 )
 from analytics.models import ModelBank
+from analytics.registry import DETECTORS
 from analytics.settings import DetectSettings
 from wire.anomaly import Anomaly
 
 SEVERITY_RANK: Final = {"info": 0, "warning": 1, "minor": 2, "major": 3, "critical": 4}
+RULES: Final = frozenset({"threshold", "range"})  # configured limits: never held back
 SENSOR_FAULTS: Final = {"stuck": "minor", "range": "minor", "spike": "info", "noisy": "warning"}
 _KIND_RE: Final = re.compile(r"^(.*?)[-_]?[0-9]+$")
 
@@ -107,10 +111,15 @@ class Open:
 class Engine:
     """Per-series detector state and per-device fusion for one worker's share of devices."""
 
+    REARM_READINGS: Final = 100
+
     def __init__(self, cfg: DetectSettings) -> None:
         self.cfg = cfg
         self.detectors: list[Detector] = [cls(cfg) for cls in DETECTORS.values()]  # type: ignore[call-arg]
         self._names = list(DETECTORS)
+        # how much one firing reading of each detector counts towards opening an anomaly: a
+        # detector whose score already summarises many readings (EVIDENCE 2) opens at once
+        self._evidence = np.array([float(getattr(cls, "EVIDENCE", 1.0)) for cls in DETECTORS.values()])
         self._series: dict[tuple[str, str, str], int] = {}
         self._metric: list[str] = []
         self._unit: list[str] = []
@@ -127,6 +136,7 @@ class Engine:
         self._darrive = np.zeros(0, np.int64)  # when the device's data last arrived, if known
         self._open: dict[int, Open] = {}
         self._silent: dict[int, Open] = {}  # data_missing / device_offline, one per device
+        self._rearm: dict[int, int] = {}  # device -> edge time before which no learnt anomaly reopens
         self._offline_agents: set[tuple[str, str]] = set()
         self.models = ModelBank(cfg)
         self.readings = 0
@@ -228,6 +238,7 @@ class Engine:
     def _round(self, b: Batch) -> list[Emitted]:
         scores = np.stack([d.score(b) for d in self.detectors])
         top = scores.max(axis=0)
+        weighted = (scores * self._evidence[:, None]).max(axis=0)
         fired = top >= FIRE
         dev = self._sdev[b.sid]
         # devices: latest time, usual interval, readings since anything last fired
@@ -244,7 +255,7 @@ class Engine:
         ev_before = self._ev[b.sid]
         self._ev_since[b.sid] = np.where(fired & (ev_before == 0), b.ts, self._ev_since[b.sid])
         self._ev_x0[b.sid] = np.where(fired & (ev_before == 0), b.x, self._ev_x0[b.sid])
-        self._ev[b.sid] = np.where(fired, ev_before + top, 0.0)
+        self._ev[b.sid] = np.where(fired, ev_before + weighted, 0.0)
         events: list[Emitted] = []
         if self._silent:
             events += self._back(dev, b.ts)
@@ -297,6 +308,8 @@ class Engine:
         if a is None:
             if float(self._ev[sid]) < self.cfg.open_evidence:
                 return []
+            if name not in RULES and ts < self._rearm.get(did, 0):
+                return []  # chattering: the same trouble again right after it cleared
             fault = finding.fault if finding.fault.startswith("sensor_") else f"{metric[:58]}_{finding.fault}"
             since = int(self._ev_since[sid])
             sentence = self._sentence(did, sid, x, ts, finding.text, since, expected)
@@ -364,6 +377,10 @@ class Engine:
             last = int(self._dlast[did])
             if self._dok[did] >= self.cfg.clear_readings and last - a.last_fire_ms >= ms:
                 del self._open[did]
+                # a statistical anomaly that just cleared does not reopen for REARM_READINGS
+                # usual intervals (ISA-18.2's re-alarm suppression against chattering): a
+                # device that keeps crossing its normal band is one trouble, not a storm
+                self._rearm[did] = last + int(self.REARM_READINGS * float(self._dinterval[did]))
                 out.append(self._event(did, a, "cleared", last))
         return out
 

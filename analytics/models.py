@@ -1,8 +1,11 @@
 """Multivariate models per equipment kind: PCA with Hotelling's T² and SPE (Q) limits.
 
-Why trained from the live stream rather than from stored history: analytics imports no
-sibling but ``wire``, and the same code must run offline (``vigil analytics replay``) where
-there is no store. Once a kind has ``model_warmup_rows`` healthy rows (rows in which no
+Two ways to train, one model. The analytics worker trains on healthy history read from
+the time-series store (``analytics.history``, through a ``HistorySource`` the composition
+root passes in, since analytics imports no sibling but ``wire``), saves each fit with its
+version in the database and installs it here (``install``); the bank then does not learn
+from the stream (``stream_training=False``). The offline replay has no store, so there
+the bank trains itself from the stream: once a kind has ``model_warmup_rows`` healthy rows (rows in which no
 detector fired on any of the device's metrics) spanning ``model_min_span_s`` (a day by
 default: a model fitted on the morning alone calls every afternoon unusual),
 scikit-learn's PCA is fitted on them; it is refitted on the most recent rows after as many
@@ -17,7 +20,8 @@ limit, or its T² ``T2_EXTRA`` times that (an operating point the training rows 
 reach is weak evidence), and reports only after ``CONFIRM`` firing rows in a row.
 
 Invariants: scoring happens before the row's values are learned; a model's metrics are
-fixed at its fit (a kind that gains a metric gets it in the next version).
+fixed at its fit and matched to the live series by name (a kind that gains a metric gets it
+in the next version; a restart that sees metrics in another order scores the same).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -49,6 +53,26 @@ class KindModel:
     variances: F64  # k
     t2_limit: float
     spe_limit: float
+    source: str = "stream"  # "stream" (fitted on live rows) or "history" (on the store's)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON (no pickle in the database: loading it runs no code)."""
+        return {"kind": self.kind, "version": self.version, "trained_ms": self.trained_ms,
+                "rows": self.rows, "columns": list(self.columns), "scale": self.scale.tolist(),
+                "components": self.components.tolist(), "variances": self.variances.tolist(),
+                "t2_limit": self.t2_limit, "spe_limit": self.spe_limit, "source": self.source}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> KindModel:
+        m = cls(str(d["kind"]), int(d["version"]), int(d["trained_ms"]), int(d["rows"]),
+                [str(c) for c in d["columns"]], np.asarray(d["scale"], np.float64),
+                np.asarray(d["components"], np.float64), np.asarray(d["variances"], np.float64),
+                float(d["t2_limit"]), float(d["spe_limit"]), str(d.get("source", "stream")))
+        k = len(m.columns)
+        if m.scale.shape != (k,) or m.components.ndim != 2 or m.components.shape[1] != k \
+                or m.variances.shape != (m.components.shape[0],):
+            raise ValueError(f"model {m.kind} v{m.version}: arrays do not match its {k} columns")
+        return m
 
     def score(self, z: F64) -> tuple[F64, F64]:
         """(T²/limit, SPE/limit) of standardised rows ``z`` (n x m)."""
@@ -93,6 +117,15 @@ class ModelBank:
         self._mean = np.zeros(0, np.float64)
         self._n = np.zeros(0, np.int32)
         self._streak = np.zeros(0, np.int32)
+        # False once models come from stored history (the worker): the stream only scores
+        self.stream_training = True
+
+    def _use(self, k: _Kind) -> tuple[KindModel, list[int]] | None:
+        """The kind's model and where its columns are among the bank's, if it can score."""
+        model = k.model
+        if model is None or any(c not in k.columns for c in model.columns):
+            return None
+        return model, [k.columns.index(c) for c in model.columns]
 
     def add_series(self, sid: int, did: int, kind: str, metric: str) -> None:
         if not self.cfg.models:
@@ -145,26 +178,34 @@ class ModelBank:
             x = self._x[cols]
             ok = ~np.isnan(x).any(axis=1) & (self._n[cols].min(axis=1) >= self.cfg.warmup_readings)
             z = x - self._mean[cols]
-            if k.model is not None and len(k.model.columns) == m:
-                r_t2, r_spe = k.model.score(np.where(ok[:, None], z, 0.0))
+            use = self._use(k)
+            if use is not None:
+                model, idx = use
+                if idx == list(range(m)):  # the usual case: the model has every column, in order
+                    zm, okm = z, ok
+                else:
+                    zm = z[:, idx]
+                    okm = ~np.isnan(x[:, idx]).any(axis=1) & (self._n[cols[:, idx]].min(axis=1)
+                                                             >= self.cfg.warmup_readings)
+                r_t2, r_spe = model.score(np.where(okm[:, None], zm, 0.0))
                 # SPE says the metrics no longer move together as they did. T² (how far along
                 # the usual directions) mostly says the operating point is one the training
                 # rows did not reach, e.g. an afternoon load when the model was fitted in the
                 # morning: it must be T2_EXTRA times further out to fire.
                 r = np.maximum(r_spe, r_t2 / self.T2_EXTRA) / self.cfg.model_fire_margin
-                fire = ok & (r >= 1.0)
+                fire = okm & (r >= 1.0)
                 self._streak[devs] = np.where(fire, self._streak[devs] + 1, 0)
                 bad[devs[fire]] = True  # rows the model finds unusual do not train it
                 for j in np.flatnonzero(fire & (self._streak[devs] >= self.CONFIRM)).tolist():
                     did = int(devs[j])
-                    contrib = k.model.contributions(z[j : j + 1])[0]
+                    contrib = model.contributions(zm[j : j + 1])[0]
                     worst = int(contrib.argmax())
                     text = (f"its metrics no longer move together as usual ({r_spe[j]:.1f}x the "
-                            f"model-{k.model.version} limit, operating point {r_t2[j]:.1f}x), most of all "
-                            f"{k.columns[worst]}")
-                    out.append((did, int(now[did]), float(r[j] / (r[j] + 1)), k.columns[worst], text))
+                            f"model-{model.version} limit, operating point {r_t2[j]:.1f}x), most of all "
+                            f"{model.columns[worst]}")
+                    out.append((did, int(now[did]), float(r[j] / (r[j] + 1)), model.columns[worst], text))
             learn = ok & ~bad[devs]
-            if learn.any():
+            if self.stream_training and learn.any():
                 self._learn(kind, k, z[learn], int(b.ts.max()))
         # the series means learn from healthy readings (the first reading sets them)
         # rows the model found unusual teach the means a tenth as much: a device that changed
@@ -196,28 +237,47 @@ class ModelBank:
             self._fit(kind, k, np.concatenate(k.buffer), now_ms)
 
     def _fit(self, kind: str, k: _Kind, rows: F64, now_ms: int) -> None:
-        from sklearn.decomposition import PCA  # type: ignore[import-untyped]
-
-        m = rows.shape[1]
-        scale = rows.std(axis=0)
-        scale = np.where(scale > 1e-9, scale, 1.0)
-        zs = rows / scale
-        pca = PCA(n_components=min(m, len(rows) - 1)).fit(zs)
-        cum = np.cumsum(pca.explained_variance_ratio_)
-        keep = int(min(np.searchsorted(cum, self.cfg.model_variance) + 1, max(m - 1, 1)))
-        comps = np.asarray(pca.components_[:keep], np.float64)
-        var = np.maximum(np.asarray(pca.explained_variance_[:keep], np.float64), 1e-9)
-        provisional = KindModel(kind, 0, now_ms, len(rows), list(k.columns), scale, comps, var, 1.0, 1.0)
-        t2, spe = provisional.score(rows)
-        q = self.cfg.model_fire_quantile
         version = (k.model.version + 1) if k.model else 1
-        k.model = KindModel(kind, version, now_ms, len(rows), list(k.columns), scale, comps, var,
-                            max(float(np.quantile(t2, q)), 1e-9), max(float(np.quantile(spe, q)), 1e-9))
+        k.model = fit_model(kind, list(k.columns), rows, self.cfg, version, now_ms)
         k.since_fit = 0
         self.trained.append(k.model)
 
+    def install(self, model: KindModel) -> None:
+        """Use ``model`` for its kind from now on (trained on history, or loaded at start)."""
+        k = self._kinds.setdefault(model.kind, _Kind())
+        k.model = model
+        k.since_fit = 0
+
+    def columns(self) -> dict[str, list[str]]:
+        """The metrics seen per kind, in the bank's order."""
+        return {kind: list(k.columns) for kind, k in self._kinds.items()}
+
     def models(self) -> dict[str, KindModel]:
         return {kind: k.model for kind, k in self._kinds.items() if k.model is not None}
+
+
+def fit_model(kind: str, columns: list[str], rows: F64, cfg: DetectSettings, version: int, now_ms: int,
+              source: str = "stream") -> KindModel:
+    """PCA over centred ``rows`` (n x len(columns)); limits at ``model_fire_quantile``."""
+    from sklearn.decomposition import PCA  # type: ignore[import-untyped]
+
+    m = rows.shape[1]
+    if m != len(columns) or m < 2 or len(rows) < 3:
+        raise ValueError(f"model {kind}: need at least 3 rows of at least 2 columns, got {rows.shape} "
+                         f"for {len(columns)} columns")
+    scale = rows.std(axis=0)
+    scale = np.where(scale > 1e-9, scale, 1.0)
+    zs = rows / scale
+    pca = PCA(n_components=min(m, len(rows) - 1)).fit(zs)
+    cum = np.cumsum(pca.explained_variance_ratio_)
+    keep = int(min(np.searchsorted(cum, cfg.model_variance) + 1, max(m - 1, 1)))
+    comps = np.asarray(pca.components_[:keep], np.float64)
+    var = np.maximum(np.asarray(pca.explained_variance_[:keep], np.float64), 1e-9)
+    provisional = KindModel(kind, 0, now_ms, len(rows), list(columns), scale, comps, var, 1.0, 1.0)
+    t2, spe = provisional.score(rows)
+    q = cfg.model_fire_quantile
+    return KindModel(kind, version, now_ms, len(rows), list(columns), scale, comps, var,
+                     max(float(np.quantile(t2, q)), 1e-9), max(float(np.quantile(spe, q)), 1e-9), source)
 
 
 def save_model(model: KindModel, directory: Path) -> Path:

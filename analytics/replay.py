@@ -1,9 +1,9 @@
 """``vigil analytics replay``: the streaming engine over recorded series, for NAB and SKAB.
 
-Each input file is one device, replayed through a fresh ``Engine`` with the one
-configuration given (``DetectSettings``; no per-file tuning, label columns are never read).
-The whole file is one batch: the engine itself splits it into rounds, one reading per
-series each, in time order, so the scores are exactly what the live worker would produce.
+Each input file is one device, replayed through the ``Engine`` with the one configuration
+given (``DetectSettings``; no per-file tuning, label columns are never read). The whole
+input is one batch: the engine itself splits it into rounds, one reading per series each,
+in time order, so the scores are exactly what the live worker would produce.
 
 Outputs, one CSV per input file at the same relative path under ``--output``
 (``../shared/eval/README.md``):
@@ -67,34 +67,63 @@ def _metric_name(name: str) -> str:
     return ("m_" + clean if not clean[:1].isalpha() else clean)[:64]
 
 
-def replay_file(path: Path, fmt: str, cfg: DetectSettings) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(timestamps, onset score per row, open 0/1 per row)."""
-    stamps, ms, names, values = read_series(path, fmt)
-    engine = Engine(cfg)
-    n, m = values.shape
-    sids = np.array([engine.series("replay", "device-1", _metric_name(nm), kind=fmt) for nm in names],
-                    np.int64)
-    sid = np.tile(sids, n)
-    ts = np.repeat(ms, m)
-    x = values.reshape(-1)
-    good = np.isfinite(x)
-    events = engine.process(sid[good], ts[good], x[good])
+def _rows(ms: np.ndarray, onset_events: list[tuple[str, int, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """(onset score per row, open 0/1 per row) from one device's (state, ts, score) events."""
+    n = len(ms)
     row_of = {int(t): i for i, t in reversed(list(enumerate(ms.tolist())))}
     onset = np.zeros(n)
     active = np.zeros(n, np.int8)
     start: int | None = None
-    for e in events:
-        a = e.anomaly
-        row = row_of[a.ts_ms]
-        if a.state == "open":
-            onset[row] = max(onset[row], e.score or 0.2 + 0.2 * SEVERITY_RANK[a.severity])
+    for state, ts, score in onset_events:
+        row = row_of[ts]
+        if state == "open":
+            onset[row] = max(onset[row], score)
             start = row
-        elif a.state == "cleared" and start is not None:
+        elif state == "cleared" and start is not None:
             active[start:row] = 1
             start = None
     if start is not None:
         active[start:] = 1
-    return stamps, onset, active
+    return onset, active
+
+
+def replay_files(paths: list[Path], fmt: str,
+                 cfg: DetectSettings) -> list[tuple[list[str], np.ndarray, np.ndarray]]:
+    """(timestamps, onset score per row, open 0/1 per row) of each file, in order.
+
+    Every file is its own device. Files of one series (NAB) share one engine, so a round
+    scores one reading of every file at once (the engine keeps nothing across devices of
+    single-metric kinds: the only cross-device state is the multivariate model of a kind,
+    which needs two metrics); files of several series (SKAB) get a fresh engine each, so
+    no model learns from another file."""
+    groups = [paths] if fmt == "nab" else [[p] for p in paths]
+    out: list[tuple[list[str], np.ndarray, np.ndarray]] = []
+    for group in groups:
+        engine = Engine(cfg)
+        loaded = []
+        sids, tss, xs = [], [], []
+        for k, path in enumerate(group):
+            stamps, ms, names, values = read_series(path, fmt)
+            device = f"device-{k + 1}"
+            ids = np.array([engine.series("replay", device, _metric_name(nm), kind=fmt) for nm in names],
+                           np.int64)
+            n, m = values.shape
+            x = values.reshape(-1)
+            good = np.isfinite(x)
+            sids.append(np.tile(ids, n)[good])
+            tss.append(np.repeat(ms, m)[good])
+            xs.append(x[good])
+            loaded.append((device, stamps, ms))
+        events = engine.process(np.concatenate(sids), np.concatenate(tss), np.concatenate(xs))
+        by_device: dict[str, list[tuple[str, int, float]]] = {}
+        for e in events:
+            a = e.anomaly
+            score = e.score or 0.2 + 0.2 * SEVERITY_RANK[a.severity]
+            by_device.setdefault(e.device, []).append((a.state, a.ts_ms, score))
+        for device, stamps, ms in loaded:
+            onset, active = _rows(ms, by_device.get(device, []))
+            out.append((stamps, onset, active))
+    return out
 
 
 def replay(input_path: Path, fmt: str, output: Path, cfg: DetectSettings) -> list[Path]:
@@ -109,8 +138,7 @@ def replay(input_path: Path, fmt: str, output: Path, cfg: DetectSettings) -> lis
     if not files:
         raise AnalyticsError(f"no .csv files under {input_path}")
     written = []
-    for f in files:
-        stamps, onset, active = replay_file(f, fmt, cfg)
+    for f, (stamps, onset, active) in zip(files, replay_files(files, fmt, cfg), strict=True):
         out = output / f.relative_to(root)
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("w", newline="") as fh:

@@ -9,7 +9,7 @@ configuration serves the fleet and the benchmarks alike.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -74,6 +74,102 @@ DEFAULT_RANGES: dict[str, tuple[float, float]] = {
 }
 
 
+class EventRule(BaseModel):
+    """What a device event (``vigil/v1/{site}/{agent}/{device}/event``) becomes.
+
+    The first rule whose ``kind`` (equipment kind) and ``event`` (event kind) patterns
+    (fnmatch) match decides. ``anomaly``: it opens one at once, with the event's own
+    severity unless ``severity`` is set; repeats while it is open join it. It clears when a
+    restoring event arrives (``<event>_restored``, ``_cleared``, ``_normal``, ``_ended``,
+    ``_ok``), when ``clear_metric`` reads one of ``clear_values`` after the event, or when
+    the event has been quiet for ``clear_after_s`` (None: never by time: a fire alarm stays
+    open until the panel says normal). ``ignore``: counted and dropped (the state rules
+    judge it instead). Events less severe than ``min_severity`` (by the event's own
+    severity) are ignored too: an access panel's ``info`` events are its normal traffic."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str = "*"
+    event: str = "*"
+    action: Literal["anomaly", "ignore"] = "anomaly"
+    min_severity: Severity = "warning"
+    severity: Severity | None = None
+    fault: str | None = None  # the anomaly's fault name; default the event kind
+    clear_metric: str | None = None
+    clear_values: tuple[str, ...] = ()
+    clear_after_s: float | None = Field(900.0, ge=0)
+
+    @model_validator(mode="after")
+    def _clear_pair(self) -> EventRule:
+        if (self.clear_metric is None) != (not self.clear_values):
+            raise ValueError(f"event rule {self.kind}/{self.event}: clear_metric and clear_values go "
+                             "together (the metric, and the values that mean normal)")
+        return self
+
+
+class StateRule(BaseModel):
+    """A boolean or state metric that must not hold one of ``values`` (compared as text:
+    ``true``/``false`` for booleans, the state name otherwise) for ``min_duration_s``: a
+    door held open, a fire panel in trouble, a pump that should run but does not. It opens
+    an anomaly named ``fault`` (joining an event's anomaly of the same name) and clears
+    once the metric reads any other value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str = "*"
+    metric: str
+    values: tuple[str, ...] = Field(min_length=1)
+    min_duration_s: float = Field(0.0, ge=0)
+    severity: Severity = "major"
+    fault: str
+    text: str  # what it means, for the sentence: "is held open"
+
+
+# Security and life-safety events: what clears each, by the state metric the same panel
+# reports (the simulators' and most access/fire panels' vocabulary). A door held open by a
+# visitor raises an event at 30 s; the state rule below only calls it a problem at 2 min.
+DEFAULT_EVENT_RULES: tuple[EventRule, ...] = (
+    EventRule(event="door_held_open", action="ignore"),
+    EventRule(event="door_forced", clear_metric="state", clear_values=("secure", "unlocked", "open"),
+              clear_after_s=600.0),
+    EventRule(event="fire_alarm", severity="critical", clear_metric="alarm", clear_values=("false",),
+              clear_after_s=None),
+    EventRule(event="fire_trouble", clear_metric="trouble", clear_values=("false",), clear_after_s=None),
+    EventRule(event="fire_supervisory", clear_metric="supervisory", clear_values=("false",),
+              clear_after_s=None),
+    EventRule(event="water_leak", clear_metric="leak", clear_values=("false",), clear_after_s=None),
+    EventRule(event="camera_offline", clear_metric="online", clear_values=("true",)),
+    EventRule(event="lift_out_of_service", clear_metric="in_service", clear_values=("true",)),
+    EventRule(event="tamper", clear_after_s=1800.0),
+    EventRule(),  # any other event: an anomaly with the event's severity, cleared after 15 quiet min
+)
+
+DEFAULT_STATE_RULES: tuple[StateRule, ...] = (
+    StateRule(kind="door", metric="state", values=("held_open",), min_duration_s=120, severity="minor",
+              fault="door_held_open", text="is held open"),
+    StateRule(kind="door", metric="state", values=("forced",), fault="door_forced",
+              text="was forced open"),
+    StateRule(kind="fire_panel", metric="alarm", values=("true",), severity="critical",
+              fault="fire_alarm", text="is in fire alarm"),
+    StateRule(kind="fire_panel", metric="trouble", values=("true",), fault="fire_trouble",
+              text="reports trouble"),
+    StateRule(kind="fire_panel", metric="supervisory", values=("true",), severity="minor",
+              fault="fire_supervisory", text="reports a supervisory condition"),
+    StateRule(kind="leak_sensor", metric="leak", values=("true",), fault="water_leak",
+              text="detects water"),
+    StateRule(kind="camera", metric="online", values=("false",), min_duration_s=60,
+              fault="camera_offline", text="is offline"),
+    StateRule(kind="camera", metric="recording", values=("false",), min_duration_s=120,
+              fault="recording_stopped", text="is not recording"),
+    StateRule(kind="lift", metric="in_service", values=("false",), min_duration_s=60,
+              fault="lift_out_of_service", text="is out of service"),
+    # chilled-water pumps run around the clock in these buildings; a site with scheduled
+    # pumps replaces this rule
+    StateRule(kind="pump", metric="running", values=("false",), min_duration_s=300, severity="minor",
+              fault="pump_stopped", text="is not running"),
+)
+
+
 class DetectSettings(BaseModel):
     """How the streaming detectors and the fusion behave; the same for the fleet and replays."""
 
@@ -110,6 +206,9 @@ class DetectSettings(BaseModel):
     model_variance: float = Field(0.9, gt=0, lt=1)
     model_fire_quantile: float = Field(0.995, gt=0.5, lt=1)
     model_fire_margin: float = Field(1.5, gt=0)
+    # events, booleans and states (analytics.events)
+    event_rules: tuple[EventRule, ...] = DEFAULT_EVENT_RULES
+    state_rules: tuple[StateRule, ...] = DEFAULT_STATE_RULES
 
 
 class AnalyticsSettings(RoleSettings):
@@ -130,7 +229,19 @@ class AnalyticsSettings(RoleSettings):
     worker_index: int = Field(0, ge=0, le=1023)
     sites: tuple[str, ...] = ()  # empty: every site
     database_url: str = "sqlite:///var/vigil.db"
-    model_dir: Path | None = None  # where trained models are saved, with their version
+    model_dir: Path | None = None  # also export each trained model here as a pickle (optional)
+    # learned state (baselines, open anomalies) is snapshotted here every snapshot_interval_s
+    # and at stop, and taken back at start; None: every start learns afresh. Off by default
+    # so that tests and one-off runs never pick up another run's state; set it in production
+    # (e.g. var/analytics), the demo does.
+    state_dir: Path | None = None
+    snapshot_interval_s: float = Field(600.0, gt=0)
+    # multivariate models, trained on healthy history from the store (when the role has one)
+    model_history_days: float = Field(14.0, gt=0, le=366)
+    model_step_s: float = Field(300.0, gt=0)  # one training row per device per step
+    model_first_train_s: float = Field(60.0, ge=0)  # after start, once devices are known
+    model_retrain_s: float = Field(86_400.0, gt=0)  # then this often
+    model_retry_s: float = Field(3_600.0, gt=0)  # ...or this soon while a kind has no model yet
     tick_s: float = Field(5.0, gt=0, le=3600)  # how often late data and clears are checked
     publish_qos: int = Field(1, ge=0, le=2)
     stats_interval_s: float = Field(60.0, ge=0)

@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.timerange import QueryError
@@ -91,6 +92,14 @@ async def _on_store(request: Request, exc: Exception) -> JSONResponse:
     return _error(500, _sentence(f"The time-series store refused the query: {exc}"))
 
 
+async def _on_out_of_range(request: Request, exc: Exception) -> JSONResponse:
+    # A number the request passed validation with but the database cannot hold (SQLite's and
+    # PostgreSQL's integers are 64-bit): the caller's value, not a server fault.
+    log.info("%s %s: a value is out of the database's range: %s", request.method, request.url.path, exc)
+    return _error(422, "A number in the request is out of range (integers must fit in 64 bits); "
+                       "check ids, cursors, limits and times.")
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Starlette re-raises the exception after this reply, so the server logs its traceback.
     return _error(
@@ -105,4 +114,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(WireError, _on_query)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(StoreError, _on_store)
+    app.add_exception_handler(OverflowError, _on_out_of_range)
+    app.add_exception_handler(DataError, _on_out_of_range)
     app.add_exception_handler(Exception, _on_unexpected)

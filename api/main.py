@@ -15,26 +15,33 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from alerting import db as alerting_db
 from analytics import db as analytics_db
-from api import errors
+from api import dashboard, errors
 from api.routers import (
     agents,
     alerting_incidents,
     alerting_oncall,
     anomalies,
+    audit,
+    auth,
     dead_letters,
     devices,
     health,
+    ingest,
     maint_assets,
     maint_common,
     maint_pm,
     maint_workorders,
+    users,
 )
+from api.security import policy
+from api.security import setup as security_setup
+from api.security import tables as security_tables
 from api.settings import ApiSettings
 from ingest.store import Store, open_store
 from maintenance import db as maintenance_db
@@ -44,15 +51,21 @@ log = logging.getLogger(__name__)
 
 TAGS: list[dict[str, Any]] = [
     {"name": "health", "description": "Whether the API and its store are up."},
+    {"name": "auth", "description": "Log in and out (session cookie); who the caller is."},
+    {"name": "users", "description": "Users, roles, site scopes and API tokens (administrators)."},
+    {"name": "audit", "description": "The security audit log (administrators)."},
     {"name": "devices", "description": "Devices seen on the bus, their presence and their readings."},
     {"name": "agents", "description": "Edge agents and their latest status message."},
     {"name": "dead letters", "description": "Messages that could not be stored, with the reason."},
+    {"name": "ingest", "description": "Per-agent ingest accounting: received, stored, gaps, dead letters."},
     {"name": "anomalies", "description": "Equipment anomalies found by analytics, with their history."},
     {"name": "assets", "description": "The asset ledger: sites, locations, equipment, devices, CSV."},
     {"name": "work orders", "description": "Work orders, their lifecycle and audit trail."},
     {"name": "preventive maintenance and inspections", "description": "PM schedules, routes and rounds."},
     {"name": "alerting", "description": "On-call pages: incidents, ack/resolve (API and phone links), "
                                         "who is on call, rotations, policies, routes, silences."},
+    {"name": "dashboard", "description": "What the control-room pages fetch: overview, alarm console and its "
+                                         "actions, board, fleet, on call, rounds, trends; the live stream."},
 ]
 
 
@@ -66,6 +79,7 @@ def open_database(url: str) -> Engine:
     maintenance_db.upgrade(engine)  # the asset ledger and work orders
     analytics_db.upgrade(engine)  # anomalies
     alerting_db.upgrade(engine)  # incidents, delivery attempts, silences, on-call overrides
+    security_tables.upgrade(engine)  # users, API tokens, sessions, the security audit log
     return engine
 
 
@@ -75,6 +89,8 @@ def create_app(settings: ApiSettings, store: Store | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         engine = await run_in_threadpool(open_database, settings.database_url)
+        await run_in_threadpool(security_setup.bootstrap_admin, engine, settings)
+        feed = dashboard.start_live(app, settings)  # live dashboard events from the bus
         try:
             if store is not None:
                 yield {"store": store, "settings": settings, "engine": engine}
@@ -87,6 +103,7 @@ def create_app(settings: ApiSettings, store: Store | None = None) -> FastAPI:
             finally:
                 await run_in_threadpool(opened.close)
         finally:
+            dashboard.stop_live(feed)
             engine.dispose()
 
     app = FastAPI(
@@ -101,9 +118,18 @@ def create_app(settings: ApiSettings, store: Store | None = None) -> FastAPI:
         ),
         openapi_tags=TAGS,
         lifespan=lifespan,
+        # Every route passes the guard: authentication, rate limit, permission, site scope,
+        # audit (api.security.policy); public routes are listed there.
+        dependencies=[Depends(policy.guard)],
+        max_body_size=settings.max_body_bytes,  # larger bodies: 413 before they are read
+        # The docs are served by security_setup.install: open in demo mode, behind a login otherwise.
+        docs_url=None, redoc_url=None, openapi_url=None,
     )
     errors.install(app)
-    for module in (health, devices, agents, dead_letters):
+    security_setup.install(app, settings)
+    for security_router in (auth, users, audit):
+        app.include_router(security_router.router)
+    for module in (health, devices, agents, dead_letters, ingest):
         app.include_router(module.router)
     app.include_router(anomalies.router)
     maint_common.install(app)
@@ -111,4 +137,5 @@ def create_app(settings: ApiSettings, store: Store | None = None) -> FastAPI:
         app.include_router(maint.router)
     for alerting_router in (alerting_incidents, alerting_oncall):
         app.include_router(alerting_router.router)
+    dashboard.install(app)  # pages, their JSON, the live stream, floor plans
     return app

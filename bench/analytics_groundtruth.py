@@ -3,7 +3,8 @@ per fault kind. Prints a table; the last line is one JSON object.
 
 The simulated device models (``simulators``) are sampled in simulated time, in process and
 without MQTT, with faults drawn at random after a fault-free warm-up; every reading goes
-through ``analytics.engine.Engine`` exactly as the worker feeds it, and the anomalies are
+through ``analytics.engine.Engine`` (numbers) or ``analytics.events.Judge`` (booleans, states
+and the devices' events) exactly as the worker feeds them, and the anomalies are
 scored with the simulator's own scorer (``simulators.score``: an anomaly matches a fault on
 the same device first seen between its start and its end plus ``--grace-s``).
 """
@@ -24,6 +25,7 @@ sys.modules.pop("analytics", None)
 import numpy as np  # noqa: E402
 
 from analytics.engine import Engine  # noqa: E402
+from analytics.events import Judge  # noqa: E402
 from analytics.settings import DetectSettings  # noqa: E402
 from simulators.base import UnreachableError  # noqa: E402
 from simulators.models import MODELS  # noqa: E402
@@ -46,6 +48,8 @@ def main() -> None:
     p.add_argument("--rate-per-day", type=float, default=2.0, help="faults per device per day (default 2)")
     p.add_argument("--grace-s", type=float, default=600.0, help="matching grace after a fault ends")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--numbers-only", action="store_true",
+                   help="judge numeric readings only (no events, booleans or states), as before they were")
     args = p.parse_args()
     start = 1_795_000_000_000 - 1_795_000_000_000 % DAY_MS
     fault_start = start + int(args.warmup_days * DAY_MS)
@@ -56,7 +60,9 @@ def main() -> None:
     devices = [MODELS[pl.kind](pl.device, args.seed * 1000 + k,
                                faults=[f for f in truth if f.device == pl.device])
                for k, pl in enumerate(places)]
-    engine = Engine(DetectSettings())
+    cfg = DetectSettings()
+    engine = Engine(cfg)
+    judge = Judge(cfg)
     events = []
     step = int(args.interval_s * 1000)
     end = fault_start + int(args.days * DAY_MS)
@@ -71,14 +77,21 @@ def main() -> None:
                 got = dev.read(now)
             except UnreachableError:
                 continue
+            for ev in dev.take_events():  # events first, as the worker takes them
+                if not args.numbers_only:
+                    events += judge.event(pl.site, pl.agent, pl.device, pl.kind, ev.kind, ev.severity,
+                                          ev.message, ev.ts_ms)
             for r in got:
                 if isinstance(r.value, float):
-                    sids.append(engine.series(pl.site, pl.device, r.metric, r.unit, pl.agent))
+                    sids.append(engine.series(pl.site, pl.device, r.metric, r.unit, pl.agent, pl.kind))
                     xs.append(r.value)
                     tss.append(r.ts_ms)
+                elif not args.numbers_only:
+                    events += judge.reading(pl.site, pl.agent, pl.device, pl.kind, r.metric, r.value, r.ts_ms)
         readings += len(xs)
         events += engine.process(np.array(sids, np.int64), np.array(tss, np.int64), np.array(xs, np.float64))
         events += engine.tick(now)
+        events += judge.tick(now)
     cpu = time.process_time() - c0
     found = [(e.site, e.device, e.anomaly) for e in events if e.anomaly.ts_ms >= fault_start]
     warmup_false = len({e.anomaly.id for e in events if e.anomaly.ts_ms < fault_start})

@@ -140,6 +140,7 @@ def main() -> None:
     stats: dict[int, list[tuple[float, dict[str, float]]]] = {}
     workers: list[subprocess.Popen[str]] = []
     readers = []
+    subscribed: list[threading.Event] = []
     for w in range(args.workers):
         env = {
             **os.environ,
@@ -156,10 +157,17 @@ def main() -> None:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         workers.append(proc)
         stats[w] = []
-        reader = threading.Thread(target=read_stats, args=(proc, stats[w]), daemon=True)
+        subscribed.append(threading.Event())
+        reader = threading.Thread(target=read_stats, args=(proc, stats[w], subscribed[w]), daemon=True)
         reader.start()
         readers.append(reader)
-    time.sleep(2)
+    # Publish only once every worker has subscribed: before the group's first subscription the
+    # broker has nobody to queue for and drops what is published (that, not ingest, was the
+    # "lost readings" of earlier runs whose workers started slowly).
+    deadline = time.time() + 120
+    for event in subscribed:
+        if not event.wait(max(0.0, deadline - time.time())):
+            sys.exit("bench: an ingest worker did not subscribe within 120 s; see its errors above")
 
     per_pub = args.devices // args.publishers
     readings_per_msg = args.metrics * args.samples
@@ -182,6 +190,11 @@ def main() -> None:
             s.begin()
     rss_start = sum(sm.proc.memory_info().rss for sm in samplers["ingest"]) / 2**20
     outage_at = t1 + 5 if args.outage else None
+    rss_outage = rss_catch_up = 0.0
+
+    def ingest_rss() -> float:
+        return sum(sm.proc.memory_info().rss for sm in samplers["ingest"] if sm.proc.is_running()) / 2**20
+
     restarted_at: float | None = None
     stored_at_restart = 0.0
     caught_up_at: float | None = None
@@ -198,7 +211,10 @@ def main() -> None:
         if outage_at is not None and now >= outage_at and restarted_at is None and restarted is None:
             os.kill(influx.influxd_pid, signal.SIGKILL)
             print(f"influxd killed for {args.outage:.0f} s", file=sys.stderr)
-            time.sleep(args.outage)
+            back_at = time.time() + args.outage
+            while time.time() < back_at:  # ingest's RSS while it holds a batch it cannot write
+                time.sleep(0.5)
+                rss_outage = max(rss_outage, ingest_rss())
             restarted = restart_influxd(influx)
             restarted_at = now = time.time()
             stored_at_restart = total_readings(stats, restarted_at)
@@ -206,6 +222,7 @@ def main() -> None:
                   "readings", file=sys.stderr)
             continue
         if restarted_at is not None and caught_up_at is None:
+            rss_catch_up = max(rss_catch_up, ingest_rss())
             offered = args.rate * (min(now, start_at + total_s) - start_at)
             # Within two seconds of traffic: ingest's stats lines come once a second.
             if total_readings(stats, now) >= offered - 2 * args.rate:
@@ -270,6 +287,8 @@ def main() -> None:
     }
     if restarted_at is not None:
         figures["outage_s"] = args.outage
+        figures["ingest_rss_outage_max_mb"] = round(rss_outage, 1)
+        figures["ingest_rss_catch_up_max_mb"] = round(rss_catch_up, 1)
         figures["catch_up_s"] = round(caught_up_at - restarted_at, 1) if caught_up_at else -1
         if caught_up_at:
             written = total_readings(stats, caught_up_at) - stored_at_restart
@@ -279,10 +298,13 @@ def main() -> None:
     print(json.dumps(figures))
 
 
-def read_stats(proc: subprocess.Popen[str], out: list[tuple[float, dict[str, float]]]) -> None:
+def read_stats(proc: subprocess.Popen[str], out: list[tuple[float, dict[str, float]]],
+               subscribed: threading.Event) -> None:
     assert proc.stderr is not None
     for line in proc.stderr:
-        if "ingest stats " in line:
+        if "ingest: subscribed" in line:
+            subscribed.set()
+        elif "ingest stats " in line:
             out.append((time.time(), json.loads(line.split("ingest stats ", 1)[1])))
         elif "ERROR" in line or "Traceback" in line or "CRITICAL" in line:
             print("ingest:", line.rstrip()[:300], file=sys.stderr)

@@ -39,6 +39,7 @@ from maintenance.db import open_engine  # noqa: E402
 from maintenance.models import WorkOrder  # noqa: E402
 from maintenance.service import Message, Stats, apply_messages  # noqa: E402
 from maintenance.workorders import Policy  # noqa: E402
+from tests.services import auth_headers  # noqa: E402
 from wire import AlarmTopic  # noqa: E402
 from wire.anomaly import Anomaly, AnomalyState  # noqa: E402
 from wire.payloads import Severity  # noqa: E402
@@ -216,7 +217,8 @@ def main() -> int:
         fill(url_list, args.work_orders)
         store = open_store(StoreSettings(path=Path(tmp) / "ts.db"))
         app = create_app(ApiSettings.load(None, database_url=url_list), store)
-        with TestClient(app, headers={"X-Vigil-User": "bench"}) as client:
+        # every route needs a caller: an admin token made in the bench's database
+        with TestClient(app, headers=auth_headers(url_list, user="bench")) as client:
             bench_list(client, 20)  # warm caches
             times = bench_list(client, args.queries)
             print(

@@ -5,9 +5,10 @@ this core which devices are due at ``now_ms``, hands it what the drivers returne
 publishes the ``Publication`` values it gets back, in order.
 
 Invariants:
-- the sequence number belongs to this instance (one agent session): it starts at 0 and
-  grows by one per telemetry message, never shared with another agent or reset within a
-  session; with ``boot`` it identifies a message on the bus;
+- the sequence number belongs to this agent: it starts at ``first_seq`` (the outbox's
+  ``next_seq``, so it continues across restarts; 0 without an outbox) and grows by one
+  per telemetry message, never shared with another agent or reset within a session, nor
+  by a config reload (``replace_devices``); with ``boot`` it identifies a message;
 - readings of one device are published in batches of at most ``max_readings_per_message``
   (several readings per message; one poll may give several messages), never mixed with
   another device's, because the topic names the device;
@@ -49,7 +50,8 @@ from wire import (
     decode_telemetry,
     encode,
 )
-from wire.payloads import AgentState, Severity
+from wire.agent import AgentHealth
+from wire.payloads import MIN_TS_MS, AgentState, Severity, decode_status
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,7 @@ class PollPlan:
 
     device: str
     poll_interval_ms: int
+    kind: str = "device"  # equipment kind, announced in the birth (wire.payloads.Status)
 
     def __post_init__(self) -> None:
         if self.poll_interval_ms < 1:
@@ -83,7 +86,7 @@ class Publication:
 
     topic: str
     payload: bytes
-    message: Telemetry | Status | Event
+    message: Telemetry | Status | Event | AgentHealth
     qos: int
     retain: bool
     device: str | None = None  # None for the agent's own status
@@ -105,6 +108,8 @@ class Agent:
         boot: int,
         max_readings_per_message: int = 500,
         check_readings: bool = True,
+        first_seq: int = 0,
+        version: str = "",
     ) -> None:
         if max_readings_per_message < 1:
             raise ValueError("max_readings_per_message must be at least 1")
@@ -113,20 +118,39 @@ class Agent:
         self.boot = boot
         self.max_readings_per_message = max_readings_per_message
         self.check_readings = check_readings
-        self._plans = tuple(devices)
-        ids = [p.device for p in self._plans]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"device ids of agent {agent} are not unique: {ids}")
-        # Building the topics validates every id once, here, rather than at each publish.
+        self.version = version
         self._status_topic = StatusTopic(site, agent).format()
-        self._telemetry_topics = {d: TelemetryTopic(site, agent, d).format() for d in ids}
-        self._event_topics: dict[str, str] = {}  # built on a device's first event
         self._event_seq = 0
-        self._interval = {p.device: p.poll_interval_ms for p in self._plans}
         self._heap: list[tuple[int, int]] = []  # (due_ms, index into _plans)
-        self._seq = 0
-        self._failures: dict[str, int] = {}
+        if first_seq < 0:
+            raise ValueError(f"first_seq must be at least 0, got {first_seq}")
+        self._seq = first_seq
         self.skipped_polls = 0
+        self._set_devices(devices)
+
+    def _set_devices(self, devices: Sequence[PollPlan]) -> None:
+        plans = tuple(devices)
+        ids = [p.device for p in plans]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"device ids of agent {self.agent} are not unique: {ids}")
+        # Building the topics validates every id once, here, rather than at each publish.
+        telemetry_topics = {d: TelemetryTopic(self.site, self.agent, d).format() for d in ids}
+        kinds = {p.device: p.kind for p in plans}
+        try:  # the birth must decode: a bad kind is refused here, at start, not by ingest later
+            decode_status(encode(Status(v=1, state="online", ts_ms=MIN_TS_MS, devices=kinds)))
+        except WireError as e:
+            raise ValueError(f"devices of agent {self.agent}: {e}") from None
+        self._plans = plans
+        self._telemetry_topics = telemetry_topics
+        self._kinds = kinds
+        self._event_topics: dict[str, str] = {}  # built on a device's first event
+        self._interval = {p.device: p.poll_interval_ms for p in plans}
+        self._failures: dict[str, int] = {}
+
+    def replace_devices(self, devices: Sequence[PollPlan], now_ms: int) -> None:
+        """Poll another set of devices (a reloaded config), keeping the sequence numbers."""
+        self._set_devices(devices)
+        self.start(now_ms)
 
     @property
     def seq(self) -> int:
@@ -214,11 +238,14 @@ class Agent:
         return Publication(topic, payload, message, qos=1, retain=False, device=device)
 
     def _status(self, state: AgentState, now_ms: int, reason: str) -> Publication:
-        message = Status(v=1, state=state, ts_ms=now_ms, boot=self.boot, reason=reason)
+        online = state == "online"
+        message = Status(v=1, state=state, ts_ms=now_ms, boot=self.boot, reason=reason,
+                         version=self.version if online else "", devices=dict(self._kinds) if online else {})
         return Publication(self._status_topic, encode(message), message, qos=1, retain=True)
 
     def birth(self, now_ms: int) -> Publication:
-        """The retained online status, published after every connect."""
+        """The retained online status with version and device kinds, published after every
+        connect and on a ``rebirth`` command."""
         return self._status("online", now_ms, "")
 
     def will(self, connect_ms: int) -> Publication:

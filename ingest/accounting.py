@@ -10,9 +10,12 @@ inclusive ranges. A number above ``high + 1`` opens a gap; one inside a gap fill
 below ``low`` lowers it (this worker joined after the agent started, or the message came
 late) and the numbers between become a *silent* gap: unseen here but not known missing, so
 they fill without counting as duplicates and are never reported. Any other number
-is a duplicate (a redelivery), except a 0 once 0 has been seen: that is a new agent session,
-and counting restarts from it (the old session's open gaps are dropped, counted in
-``gaps_dropped``).
+is a duplicate (a redelivery).
+
+Numbers continue across agent restarts (the edge outbox persists them, ``Status.boot`` is
+the boot epoch), so a restart is not a reset: the messages a restarted agent replays from
+its outbox (``Telemetry.historical``) fill the gaps its absence left, and a gap still open
+after the replay is a real loss.
 
 Workers of one shared-subscription group each receive part of every agent's stream, so
 each tells the others what it received (``drain_seen`` → ``wire.ingest_events.SeenSeqs``)
@@ -32,6 +35,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+
+from ingest.store.base import MAX_REPORTED_GAPS, AgentTally
 
 
 @dataclass(slots=True)
@@ -123,7 +128,7 @@ class Accounting:
     def dead_lettered(self, site: str, agent: str, code: str) -> None:
         self._account(site, agent).dead_letters[code] += 1
 
-    def _track(  # noqa: PLR0911  # one return per case of the rule in the module docstring
+    def _track(
         self, site: str, agent: str, acct: AgentAccount, seq: int, now: float
     ) -> bool:
         high, low = acct.high, acct.low
@@ -155,11 +160,6 @@ class Accounting:
                 return False
             if g.last < seq:
                 break
-        if seq == 0:  # 0 seen before: a new agent session, whose numbering restarts
-            acct.gaps_dropped += len(gaps)
-            gaps.clear()
-            acct.high = acct.low = 0
-            return False
         return True
 
     def _fill(self, site: str, agent: str, gaps: list[Gap], i: int, seq: int) -> None:
@@ -189,6 +189,20 @@ class Accounting:
                     for p in pieces:
                         p.reported = True
                     out.append(GapDecision(site, agent, *g.origin, "open", g.opened_at))
+        return out
+
+    def tallies(self, worker: str, ts_ms: int) -> list[AgentTally]:
+        """Every agent's account as the store keeps it for the API (ingest.store.AgentTally)."""
+        out = []
+        for (site, agent), a in self.agents.items():
+            gaps = a.open_gaps
+            out.append(AgentTally(
+                site=site, agent=agent, worker=worker, ts_ms=ts_ms,
+                received_messages=a.received_messages, received_readings=a.received_readings,
+                stored_messages=a.stored_messages, stored_readings=a.stored_readings, duplicates=a.duplicates,
+                dead_letters=dict(a.dead_letters), gaps_opened=a.gaps_opened, gaps_dropped=a.gaps_dropped,
+                missing_messages=a.missing,
+                open_gaps=tuple((g.first, g.last) for g in gaps[:MAX_REPORTED_GAPS])))
         return out
 
     def drain_seen(self) -> list[tuple[str, str, list[tuple[int, int]]]]:

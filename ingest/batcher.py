@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 from ingest.store import DeadLetter
 from wire import Status, StatusTopic, Telemetry, TelemetryTopic
+from wire.agent import AgentHealth
+from wire.topics import HealthTopic
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +37,13 @@ class Ack:
 class Batch:
     telemetry: list[tuple[TelemetryTopic, Telemetry]] = field(default_factory=list)
     statuses: list[tuple[StatusTopic, Status]] = field(default_factory=list)
+    healths: list[tuple[HealthTopic, AgentHealth]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     letters_written: list[DeadLetter] = field(default_factory=list)  # set by the writer once durable
     acks: list[Ack] = field(default_factory=list)
+    # Telemetry sequence numbers per (site, agent) this batch holds, stored or dead-lettered
+    # once it is durable: what ingest acknowledges end to end (ingest.acks).
+    seqs: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     readings: int = 0
     messages: int = 0
     first_at: float = 0.0
@@ -66,6 +72,7 @@ class Batcher:
     ) -> None:
         self._batch.telemetry.append((topic, message))
         self._batch.readings += len(message.readings)
+        self._batch.seqs.setdefault((topic.site, topic.agent), []).append(message.seq)
         self._note(mid, qos, generation, now)
 
     def add_status(
@@ -74,8 +81,27 @@ class Batcher:
         self._batch.statuses.append((topic, status))
         self._note(mid, qos, generation, now)
 
-    def add_dead_letter(self, letter: DeadLetter, *, mid: int, qos: int, generation: int, now: float) -> None:
+    def add_health(
+        self, topic: HealthTopic, health: AgentHealth, *, mid: int, qos: int, generation: int, now: float
+    ) -> None:
+        self._batch.healths.append((topic, health))
+        self._note(mid, qos, generation, now)
+
+    def add_dead_letter(
+        self,
+        letter: DeadLetter,
+        *,
+        mid: int,
+        qos: int,
+        generation: int,
+        now: float,
+        seq: tuple[tuple[str, str], int] | None = None,
+    ) -> None:
+        """A message refused whole; ``seq`` ((site, agent), seq) when it still names its telemetry
+        sequence number, so the agent is told it is durably kept and stops resending it."""
         self._batch.dead_letters.append(letter)
+        if seq is not None:
+            self._batch.seqs.setdefault(seq[0], []).append(seq[1])
         self._note(mid, qos, generation, now)
 
     def add_split_letter(self, letter: DeadLetter) -> None:

@@ -9,15 +9,12 @@ Invariants:
 - bad input never stops the worker: a payload or topic that does not satisfy the wire
   contract becomes a dead letter with the decoder's reason, and the messages around it
   are stored as usual;
-- write errors are sorted as Telegraf's InfluxDB output sorts them: 429/5xx/timeouts/refused
-  connections are retried without limit (exponential backoff, at least the server's
-  Retry-After); the broker holds the backlog meanwhile, because nothing unwritten is acked.
-  401/403 are retried the same way (the data is kept, acks stop) and raised as an alert:
-  a critical log every ``auth_alert_interval_s``, ``/healthz`` 503, a metric at 1;
-- a write the store refuses for its content (400/422, 413) is sorted: the readings the
-  server names are dead-lettered with its reason and the rest rewritten; when it names none,
-  the write is halved until each refused part is found (down to single readings). One bad
-  reading costs only itself. Partial retries are safe: a rewritten reading replaces itself;
+- write errors are sorted as Telegraf's InfluxDB output sorts them (ingest.write_errors):
+  429/5xx/timeouts and 401/403 are retried without limit while the broker holds the backlog
+  (401/403 also alert: ``/healthz`` 503, a metric at 1); the readings a 400/422/413 refuses
+  are dead-lettered and the rest written;
+- after each durable write every agent in the batch gets one end-to-end ``wire.agent.Ack``
+  naming the sequence numbers made durable (ingest.acks);
 - every dead letter carries a reason code (ingest.validate.Code) and a human reason.
 """
 
@@ -35,13 +32,17 @@ import msgspec
 import paho.mqtt.client as mqtt
 
 from ingest.accounting import Accounting, GapDecision
+from ingest.acks import build_acks, seq_of
 from ingest.batcher import Batch, Batcher
+from ingest.births import Births
 from ingest.metrics import MetricsServer, Snapshot
 from ingest.settings import IngestSettings
 from ingest.stats import IngestStats
 from ingest.store import DeadLetter, Store, StoreError
 from ingest.validate import Accepted, Code, InputError, Policy, check_message
-from wire import StatusTopic, Telemetry, TelemetryTopic, WireError, encode
+from ingest.write_errors import RefusalSorter, RetryPolicy, StoreState, retry_until_written
+from wire import Status, StatusTopic, Telemetry, TelemetryTopic, WireError, encode
+from wire.agent import AgentHealth
 from wire.ingest_events import (
     GapEvent,
     SeenSeqs,
@@ -53,7 +54,7 @@ from wire.ingest_events import (
     seen_topic,
 )
 from wire.mqtt import connect_in_background, make_client, set_nodelay, wait_connected
-from wire.topics import PREFIX, shared, status_filter, telemetry_filter
+from wire.topics import PREFIX, HealthTopic, health_filter, shared, status_filter, telemetry_filter
 
 log = logging.getLogger("vigil.ingest")
 
@@ -82,6 +83,8 @@ class IngestService:
             sites=frozenset(settings.sites),
         )
         self.accounting = Accounting(gap_open_after_s=settings.gap_open_after_s)
+        self._births = Births()
+        self._tallies_ok = True
         # The store's state as the last write found it (for /healthz and the alert).
         self._store_ok = True
         self._store_problem = ""
@@ -100,6 +103,10 @@ class IngestService:
         self._drain_deadline = 0.0
         self._generation = 0
         self._connected = threading.Event()
+        # Set when the broker granted this connection's subscriptions. Until a worker of the
+        # group has subscribed once, Mosquitto has no subscription to queue telemetry for and
+        # drops it (nobody subscribed); after that, the persistent session queues it.
+        self._subscribed = threading.Event()
         self._writer: threading.Thread | None = None
         self._client = make_client(
             settings.mqtt,
@@ -110,6 +117,7 @@ class IngestService:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribed
         # Workers of a group tell each other which sequence numbers they received over a
         # connection of its own (clean session, QoS 1, automatic acks): on the data connection
         # the gossip would wait in the inflight window behind unacked telemetry, and at QoS 0
@@ -149,9 +157,9 @@ class IngestService:
         wait_connected(self._connected, self.settings.mqtt, "ingest", connect_timeout_s)
 
     def wait_connected(self, timeout_s: float) -> bool:
-        """True once connected (and, in a group, hearing the other workers' sequence numbers)."""
+        """True once subscribed (and, in a group, hearing the other workers' sequence numbers)."""
         deadline = time.monotonic() + timeout_s
-        connected = self._connected.wait(timeout_s)
+        connected = self._subscribed.wait(timeout_s)
         return connected and self._gossip_ready.wait(max(0.0, deadline - time.monotonic()))
 
     def stop(self, drain_s: float = 10.0) -> None:
@@ -169,6 +177,7 @@ class IngestService:
             self._cond.notify_all()
         if self._writer is not None:
             self._writer.join()
+        self._write_tallies(self._clock())  # the last figures (skipped if the store is down)
         self._client.loop_write()  # push queued acks out before saying goodbye
         self._client.disconnect()
         self._client.loop_write()
@@ -189,14 +198,31 @@ class IngestService:
             self._generation += 1
         group = self.settings.share_group
         sites = self.settings.sites or (None,)
-        filters = [f for site in sites for f in (telemetry_filter(site), status_filter(site))]
-        client.subscribe([(shared(group, f) if group else f, 1) for f in filters])
+        # Telemetry is split over the group; statuses and health reports reach every worker
+        # (plain subscriptions): each worker checks telemetry against its agent's latest birth
+        # (ingest.births), and an agent's telemetry and its birth may go to different workers.
+        # Writing a status or health report once per worker is harmless: the store keeps the
+        # one with the greatest ts_ms.
+        subs = [(shared(group, f) if group else f, 1) for f in map(telemetry_filter, sites)]
+        subs += [(f, 1) for site in sites for f in (status_filter(site), health_filter(site))]
+        client.subscribe(subs)
         log.info("ingest: connected to %s:%s as %s", self.settings.mqtt.host, self.settings.mqtt.port,
                  self.settings.client_id)
         self._connected.set()
 
+    def _on_subscribed(self, _c: mqtt.Client, _u: Any, _mid: int, codes: list[Any], _p: Any) -> None:
+        refused = [str(c) for c in codes if getattr(c, "is_failure", False)]
+        if refused:
+            log.error("ingest: the broker refused %d of the subscriptions (%s): check its ACL for %s",
+                      len(refused), ", ".join(refused), self.settings.client_id)
+        else:
+            # Tests and benchmarks wait for this line before they publish.
+            log.info("ingest: subscribed (%d filters) as %s", len(codes), self.settings.client_id)
+        self._subscribed.set()
+
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self._connected.clear()
+        self._subscribed.clear()
         if not self._stopping:
             log.warning("ingest: disconnected from broker (%s); reconnecting", reason)
 
@@ -223,20 +249,34 @@ class IngestService:
         topic, message = accepted.topic, accepted.message
         if isinstance(topic, TelemetryTopic) and isinstance(message, Telemetry):
             n = len(message.readings) + sum(len(t.readings) for _, _, t in accepted.rejected)
+            # Counted as received even when refused below: it did arrive, and its number must
+            # not look missing to the gap accounting; its dead letter is counted once written.
             if self.accounting.received(topic.site, topic.agent, message.seq, n, now):
                 self.stats.duplicates += 1
+            unknown = self._births.unknown_device(topic)
+            if unknown is not None:
+                letter = DeadLetter(int(now * 1000), topic.format(), bytes(msg.payload), unknown,
+                                    code=Code.UNKNOWN_DEVICE)
+                self._batcher.add_dead_letter(letter, mid=msg.mid, qos=msg.qos, generation=gen, now=now,
+                                              seq=((topic.site, topic.agent), message.seq))
+                return
             self._batcher.add_telemetry(topic, message, mid=msg.mid, qos=msg.qos, generation=gen, now=now)
             for code, reason, part in accepted.rejected:
                 self._batcher.add_split_letter(
                     DeadLetter(int(now * 1000), topic.format(), encode(part), reason, code=code))
-        elif isinstance(topic, StatusTopic) and not isinstance(message, Telemetry):
+        elif isinstance(topic, StatusTopic) and isinstance(message, Status):
+            # At once, not when written: telemetry right behind a birth is checked against it.
+            self._births.update(topic, message)
             self._batcher.add_status(topic, message, mid=msg.mid, qos=msg.qos, generation=gen, now=now)
+        elif isinstance(topic, HealthTopic) and isinstance(message, AgentHealth):
+            self._batcher.add_health(topic, message, mid=msg.mid, qos=msg.qos, generation=gen, now=now)
 
     def _dead_letter(self, msg: mqtt.MQTTMessage, raw_topic: bytes, payload: bytes, code: str, reason: str,
                      gen: int, now: float) -> None:
         topic = raw_topic.decode("utf-8", "backslashreplace")
         letter = DeadLetter(int(now * 1000), topic, payload, reason, code=code)
-        self._batcher.add_dead_letter(letter, mid=msg.mid, qos=msg.qos, generation=gen, now=now)
+        self._batcher.add_dead_letter(letter, mid=msg.mid, qos=msg.qos, generation=gen, now=now,
+                                      seq=seq_of(topic, payload))
 
     def _on_gossip_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if not reason.is_failure:
@@ -266,11 +306,15 @@ class IngestService:
     def _write_loop(self) -> None:
         next_stats = self._clock() + self.settings.stats_interval_s
         next_seen = self._clock() + self.settings.seen_interval_s
+        next_tally = self._clock() + self.settings.accounting_interval_s
         while True:
             now = self._clock()
             if now >= next_seen:
                 next_seen = now + self.settings.seen_interval_s
                 self._publish_accounting(now)
+            if now >= next_tally:
+                next_tally = now + self.settings.accounting_interval_s
+                self._write_tallies(now)
             if self.settings.stats_interval_s and now >= next_stats:
                 next_stats = now + self.settings.stats_interval_s
                 self._log_stats()
@@ -283,16 +327,17 @@ class IngestService:
                         break
                     if self._stopping:
                         return
-                    if now >= next_seen:
-                        break  # the accounting tick, at the top of the outer loop
+                    if now >= min(next_seen, next_tally):
+                        break  # the accounting ticks, at the top of the outer loop
                     due = self._batcher.due_at()
-                    wait = min(1.0, next_seen - now, due - now if due is not None else 1.0)
+                    wait = min(1.0, next_seen - now, next_tally - now, due - now if due is not None else 1.0)
                     self._cond.wait(timeout=max(wait, 0.001))
             if batch is None:
                 continue
             if not self._store(batch):
                 return  # stopping with the store down: leave the batch unacked
             self._ack(batch)
+            self._ack_agents(batch)
 
     def _publish_accounting(self, now: float) -> None:
         """Tell the group what arrived here, and publish gap events that fell due."""
@@ -306,6 +351,26 @@ class IngestService:
                 self._gossip.publish(seen_topic(self.settings.client_id), encode_event(message), qos=1)
         for decision in events:
             self._publish_gap(decision, now)
+
+    def _write_tallies(self, now: float) -> None:
+        """Write this worker's per-agent accounting for the API (GET /api/v1/ingest/accounting).
+
+        Best effort, never retried: the next interval writes newer figures, and data writes
+        must not wait behind bookkeeping while the store is struggling (skipped while it is down).
+        """
+        with self._cond:
+            if not self._store_ok:
+                return
+            tallies = self.accounting.tallies(self.settings.client_id, int(now * 1000))
+        try:
+            self.store.write_accounting(tallies)
+        except StoreError as e:
+            if self._tallies_ok:
+                log.warning("ingest: could not write the accounting for the API (%s); retrying every %.0f s",
+                            e, self.settings.accounting_interval_s)
+            self._tallies_ok = False
+        else:
+            self._tallies_ok = True
 
     def _publish_gap(self, d: GapDecision, now: float) -> None:
         event = GapEvent(v=1, site=d.site, agent=d.agent, first_seq=d.first, last_seq=d.last,
@@ -355,12 +420,16 @@ class IngestService:
                 if e.retryable:
                     raise
                 letters: list[DeadLetter] = []
-                kept = self._sort_refused(batch.telemetry, e, letters)
+                sorter = RefusalSorter(self.store.write, int(self._clock() * 1000))
+                kept = sorter.sort(batch.telemetry, e, letters)
+                self.stats.refused_splits += sorter.splits
                 # Only now: a retryable failure while sorting starts the sorting over.
                 batch.telemetry = kept
                 batch.dead_letters.extend(letters)
         for topic, status in batch.statuses:
             self.store.write_status(topic, status)
+        for health_topic, health in batch.healths:
+            self.store.write_health(health_topic, health)
         if batch.dead_letters:
             self.store.write_dead_letters(batch.dead_letters)
             self._log_letters(batch.dead_letters)
@@ -385,109 +454,26 @@ class IngestService:
             log.warning("ingest: dead letter [%s] from %s: %s", letter.code, letter.topic[:200],
                         letter.reason[:500])
 
-    def _write_refusable(self, items: Sequence[Item], letters: list[DeadLetter]) -> list[Item]:
-        """Write ``items``; on a content refusal, sort it. Returns what was stored."""
-        if not items:
-            return []
-        try:
-            self.store.write(items)
-        except StoreError as e:
-            if e.retryable:
-                raise
-            return self._sort_refused(items, e, letters)
-        return list(items)
-
-    def _sort_refused(
-        self, items: Sequence[Item], error: StoreError, letters: list[DeadLetter]
-    ) -> list[Item]:
-        """The store refused ``items`` for their content: keep what it takes, dead-letter the rest.
-
-        The readings the server named go to dead letters at once; without names the write is
-        halved (messages, then one message's readings) until each refused part stands alone.
-        """
-        self.stats.refused_splits += 1
-        if len(items) > 1 or error.offending:
-            log.warning("ingest: store refused %d messages (%s); sorting out the refused readings",
-                        len(items), str(error)[:300])
-        now_ms = int(self._clock() * 1000)
-
-        def letter(topic: TelemetryTopic, message: Telemetry, reason: str) -> None:
-            letters.append(DeadLetter(now_ms, topic.format(), encode(message), reason,
-                                      code=Code.STORE_REFUSED))
-
-        if error.offending:
-            bad: dict[int, set[int]] = {}
-            for mi, ri in error.offending:
-                bad.setdefault(mi, set()).add(ri)
-            rest: list[Item] = []
-            for mi, (topic, message) in enumerate(items):
-                refused = bad.get(mi)
-                if not refused:
-                    rest.append((topic, message))
-                    continue
-                readings = message.readings
-                named = tuple(r for i, r in enumerate(readings) if i in refused)
-                letter(topic, msgspec.structs.replace(message, readings=named),
-                       f"refused by the store: {error}")
-                good = tuple(r for i, r in enumerate(readings) if i not in refused)
-                if good:
-                    rest.append((topic, msgspec.structs.replace(message, readings=good)))
-            return self._write_refusable(rest, letters)
-        if len(items) > 1:
-            mid = len(items) // 2
-            return self._write_refusable(items[:mid], letters) + self._write_refusable(items[mid:], letters)
-        topic, message = items[0]
-        readings = message.readings
-        if len(readings) > 1:
-            mid = len(readings) // 2
-            halves: list[Item] = [(topic, msgspec.structs.replace(message, readings=readings[:mid])),
-                                  (topic, msgspec.structs.replace(message, readings=readings[mid:]))]
-            return self._write_refusable(halves[:1], letters) + self._write_refusable(halves[1:], letters)
-        letter(topic, message, f"refused by the store: {error}")
-        return []
-
     def _retry(self, attempt: Callable[[], None]) -> bool:
-        delay = self.settings.retry_initial_s
-        failing_since: float | None = None
-        next_alert = 0.0
-        while True:
-            try:
-                try:
-                    attempt()
-                except StoreError:
-                    raise
-                except Exception as bug:  # a bug must not kill the writer: keep the data, retry
-                    log.exception("ingest: unexpected error while writing; retrying")
-                    raise StoreError(f"internal error while writing: {bug!r}", retryable=True) from bug
-            except StoreError as e:
-                now = self._clock()
-                if failing_since is None:
-                    failing_since = now
-                    log.error("ingest: store write failed (%s); retrying until it succeeds", e)
-                with self._cond:
-                    self._store_ok = False
-                    self._store_problem = str(e)[:1000]
-                    self._unauthorized = e.unauthorized
-                if e.unauthorized and now >= next_alert:
-                    next_alert = now + self.settings.auth_alert_interval_s
-                    log.critical("ALERT ingest: the store refuses ingest's credentials (HTTP %s): %s. "
-                                 "Nothing is lost: messages stay unacked with the broker until the "
-                                 "credentials are fixed (store.influx_token)", e.status, e)
-                self.stats.write_retries += 1
-                wait = max(delay, e.retry_after_s or 0.0)
-                with self._cond:
-                    if self._stopping and now >= self._drain_deadline:
-                        log.error("ingest: stopping with the store unavailable; the unwritten "
-                                  "messages stay unacked with the broker")
-                        return False
-                    self._cond.wait(timeout=wait)
-                delay = min(delay * 2, self.settings.retry_max_s)
-                continue
-            if failing_since is not None:
-                log.warning("ingest: store writes recovered after %.1f s", self._clock() - failing_since)
-                with self._cond:
-                    self._store_ok, self._store_problem, self._unauthorized = True, "", False
-            return True
+        policy = RetryPolicy(self.settings.retry_initial_s, self.settings.retry_max_s,
+                             self.settings.auth_alert_interval_s)
+        return retry_until_written(attempt, policy, clock=self._clock, wait=self._retry_wait,
+                                   report=self._report_store)
+
+    def _retry_wait(self, seconds: float, now: float) -> bool:
+        """Wait before the next attempt; False once stopping has run out of drain time."""
+        with self._cond:
+            if self._stopping and now >= self._drain_deadline:
+                return False
+            self._cond.wait(timeout=seconds)
+        return True
+
+    def _report_store(self, state: StoreState) -> None:
+        if not state.ok:
+            self.stats.write_retries += 1  # live: tests and /metrics watch it during an outage
+        with self._cond:
+            self._store_ok, self._store_problem = state.ok, state.problem
+            self._unauthorized = state.unauthorized
 
     def _ack(self, batch: Batch) -> None:
         with self._cond:
@@ -497,6 +483,18 @@ class IngestService:
                 self._client.ack(ack.mid, ack.qos)
             else:
                 self.stats.acks_skipped += 1
+
+    def _ack_agents(self, batch: Batch) -> None:
+        """Tell each agent which of its messages this batch made durable (wire.agent.Ack).
+
+        Published on the data connection at QoS 1: paho keeps it in its session and resends
+        it after a reconnect. A lost one costs the agent a resend, never data.
+        """
+        if not self.settings.agent_acks or not batch.seqs:
+            return
+        for topic, payload in build_acks(batch.seqs, self.settings.client_id, int(self._clock() * 1000)):
+            self._client.publish(topic, payload, qos=1)
+        self.stats.agent_acks += len(batch.seqs)
 
     def _log_stats(self) -> None:
         log.info("ingest stats %s", json.dumps(self.stats.snapshot()))

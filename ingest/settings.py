@@ -32,6 +32,10 @@ class IngestSettings(RoleSettings):
     # only makes every batch wait for max_age_s.
     batch_max_messages: int = Field(20, ge=1, le=100_000)
     batch_max_age_s: float = Field(0.1, gt=0, le=60)
+    # Tell agents which telemetry messages are durably stored (wire.agent.Ack on
+    # vigil/v1/{site}/{agent}/ack), so their outboxes can delete them. Off only for a broker
+    # whose ACL forbids ingest to publish there.
+    agent_acks: bool = True
     retry_initial_s: float = Field(0.5, gt=0, le=60)
     retry_max_s: float = Field(30.0, gt=0, le=3600)
     stats_interval_s: float = Field(30.0, ge=0, le=86400)  # 0: never log stats
@@ -47,6 +51,9 @@ class IngestSettings(RoleSettings):
     # (wire.ingest_events); shorter gaps are reordering or another worker's share in flight.
     gap_open_after_s: float = Field(60.0, gt=0, le=86400)
     publish_gaps: bool = True
+    # How often this worker writes its per-agent accounting to the store, where the API
+    # reads it (GET /api/v1/ingest/accounting); /metrics is always current.
+    accounting_interval_s: float = Field(10.0, gt=0, le=3600)
     # How often to tell the other workers of the group which sequence numbers arrived here.
     seen_interval_s: float = Field(0.5, gt=0, le=60)
     # While the store refuses the credentials (401/403), repeat the critical log this often.

@@ -48,6 +48,7 @@ class IngestStats:
     acks_skipped: int = 0  # acks dropped because their connection had gone (redelivered)
     duplicates: int = 0  # messages whose sequence number had been received already
     refused_splits: int = 0  # writes retried in parts because the store refused their content
+    agent_acks: int = 0  # end-to-end acks published to agents (wire.agent.Ack), one per agent per batch
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     def snapshot(self) -> dict[str, float]:
@@ -61,6 +62,7 @@ class IngestStats:
             "acks_skipped": self.acks_skipped,
             "duplicates": self.duplicates,
             "refused_splits": self.refused_splits,
+            "agent_acks": self.agent_acks,
             "latency_p50_s": self.latency.quantile(0.5),
             "latency_p99_s": self.latency.quantile(0.99),
         }

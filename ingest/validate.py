@@ -28,7 +28,9 @@ from enum import StrEnum
 from typing import Any, Final
 
 from wire import StatusTopic, Telemetry, TelemetryTopic, WireError, parse_topic
+from wire.agent import AgentHealth, decode_health
 from wire.payloads import MAX_PAYLOAD_BYTES, Status, decode_status, decode_telemetry
+from wire.topics import HealthTopic
 
 # A valid telemetry payload nests 3 deep (object, readings array, reading object); a status
 # 1. Deeper is never valid, and beyond this it is not worth parsing to explain.
@@ -49,6 +51,7 @@ class Code(StrEnum):
     BAD_NAME = "bad_name"  # a metric name or unit InfluxDB's line protocol cannot carry as sent
     BAD_TOPIC = "bad_topic"  # not a Vigil topic, or a malformed site/agent/device id
     UNKNOWN_SITE = "unknown_site"
+    UNKNOWN_DEVICE = "unknown_device"  # not among the devices of its agent's latest birth (ingest.births)
     TOPIC_MISMATCH = "topic_mismatch"  # topic and payload disagree
     TS_OUT_OF_WINDOW = "ts_out_of_window"
     STORE_REFUSED = "store_refused"  # the store refused the data itself (HTTP 400/413/422)
@@ -76,8 +79,8 @@ class Policy:
 
 @dataclass(slots=True)
 class Accepted:
-    topic: TelemetryTopic | StatusTopic
-    message: Telemetry | Status
+    topic: TelemetryTopic | StatusTopic | HealthTopic
+    message: Telemetry | Status | AgentHealth
     # Readings split off a telemetry message: (code, reason, a Telemetry of just those readings).
     rejected: list[tuple[Code, str, Telemetry]] = field(default_factory=list)
 
@@ -114,6 +117,13 @@ def check_message(raw_topic: bytes, payload: bytes, now_ms: int, policy: Policy)
             raise explain(payload, str(e), topic) from None
         _check_duplicates(payload, 0)
         return Accepted(topic, status)
+    if isinstance(topic, HealthTopic):
+        try:
+            health = decode_health(payload)
+        except WireError as e:
+            raise explain(payload, str(e), topic) from None
+        _check_duplicates(payload, 0)
+        return Accepted(topic, health)
     raise InputError(Code.BAD_TOPIC,
                      f"ingest does not take {type(topic).__name__} messages ({topic_text[:120]!r})")
 
@@ -250,7 +260,7 @@ def nesting_depth(payload: bytes) -> int:
 
 
 def explain(  # noqa: PLR0911  # one return per kind of fault reads best
-    payload: bytes, decoder_error: str, topic: TelemetryTopic | StatusTopic
+    payload: bytes, decoder_error: str, topic: TelemetryTopic | StatusTopic | HealthTopic
 ) -> InputError:
     """The code and reason for a payload the strict decoder refused (slow path, bad input only)."""
     try:
@@ -294,7 +304,7 @@ def explain(  # noqa: PLR0911  # one return per kind of fault reads best
     return InputError(Code.WRONG_TYPE, decoder_error)
 
 
-def _mismatch(parsed: object, topic: TelemetryTopic | StatusTopic) -> str | None:
+def _mismatch(parsed: object, topic: TelemetryTopic | StatusTopic | HealthTopic) -> str | None:
     """How the payload contradicts its topic, if it does."""
     if not isinstance(parsed, dict):
         return None
@@ -303,7 +313,8 @@ def _mismatch(parsed: object, topic: TelemetryTopic | StatusTopic) -> str | None
         meant = getattr(topic, key, None)
         if said is not None and meant is not None and said != meant:
             return f"payload says {key} {str(said)[:64]!r} but the topic {topic.format()} says {meant!r}"
-    kind = "telemetry" if isinstance(topic, TelemetryTopic) else "status"
+    kind = ("telemetry" if isinstance(topic, TelemetryTopic)
+            else "status" if isinstance(topic, StatusTopic) else "health")
     looks = _looks_like(parsed)
     if looks is not None and looks != kind:
         return f"payload is a {looks} message but the topic {topic.format()} is a {kind} topic"
@@ -314,6 +325,8 @@ def _looks_like(parsed: dict[str, Any]) -> str | None:
     keys = set(parsed)
     if "readings" in keys:
         return "telemetry"
+    if "outbox_depth" in keys:
+        return "health"
     if "state" in keys:
         return "status"
     if {"kind", "severity"} <= keys:

@@ -412,7 +412,7 @@ def build_fleet(
         core = Agent(
             site=a.site,
             agent=a.agent,
-            devices=[PollPlan(d.device, interval_ms) for d in a.devices],
+            devices=[PollPlan(d.device, interval_ms, kind=d.kind) for d in a.devices],
             boot=boot,
             max_readings_per_message=max_readings_per_message,
             check_readings=check_readings,

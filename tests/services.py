@@ -46,7 +46,9 @@ from wire import MqttSettings
 
 INFLUXD = "/usr/bin/influxd"
 NGINX = "/usr/sbin/nginx"
-MOSQUITTO = "/usr/sbin/mosquitto"
+# VIGIL_TEST_MOSQUITTO runs the private brokers on another build (e.g. a newer Mosquitto
+# built from Debian's source package; see README, "Ingest", on Mosquitto 2.0.11).
+MOSQUITTO = os.environ.get("VIGIL_TEST_MOSQUITTO", "/usr/sbin/mosquitto")
 SHARED_BROKER = ("127.0.0.1", 1883)
 START_TIMEOUT_S = 30.0
 
@@ -409,10 +411,54 @@ def fresh_database(kind: str, folder: Path, prefix: str = "t") -> Iterator[str]:
         admin.dispose()
 
 
+# -- API credentials --------------------------------------------------------------------------
+
+
+def api_token(database_url: str, *, role: str = "admin", sites: Sequence[str] | None = None,
+              user: str = "test-admin", expires_in_s: float | None = None) -> str:
+    """A bearer token for the API on ``database_url``, made directly in the database: the user
+    (created with a random password if missing, else given this role and sites) and a token of
+    that role and sites. Use as ``{"Authorization": f"Bearer {api_token(url)}"}``.
+    ``expires_in_s`` may be negative, for an already expired token."""
+    import secrets as _secrets
+
+    from api.security import store as security_store
+    from api.security import tables as security_tables
+    from wire import database
+
+    engine = database.create(database_url)
+    try:
+        security_tables.upgrade(engine)
+        now = time.time_ns() // 1_000_000
+        with engine.begin() as conn:
+            if security_store.get_user(conn, user) is None:
+                security_store.create_user(conn, user, _secrets.token_urlsafe(18), role, sites, now)
+            else:
+                security_store.update_user(conn, user, now, role=role, sites=sites, disabled=False)
+            expires = None if expires_in_s is None else now + int(expires_in_s * 1000)
+            if expires is not None and expires <= now:
+                _token, secret = security_store.create_token(conn, user, now - 10**6, name="test",
+                                                             expires_ms=now - 10**6 + 1)
+                conn.execute(security_tables.tokens.update()
+                             .where(security_tables.tokens.c.id == _token.id).values(expires_ms=expires))
+                return secret
+            _token, secret = security_store.create_token(conn, user, now, name="test", expires_ms=expires)
+            return secret
+    finally:
+        engine.dispose()
+
+
+def auth_headers(database_url: str, **kwargs: Any) -> dict[str, str]:
+    """``{"Authorization": "Bearer ..."}`` for ``api_token(database_url, **kwargs)``."""
+    return {"Authorization": f"Bearer {api_token(database_url, **kwargs)}"}
+
+
 __all__ = [
     "InfluxServer",
     "MosquittoFactory",
     "MosquittoHandle",
+    "api_token",
+    "auth_headers",
     "free_port",
     "fresh_database",
     "port_open",

@@ -26,7 +26,7 @@ from alerting.settings import AlertingSettings
 from api.main import create_app
 from api.settings import ApiSettings
 from ingest.store import StoreSettings
-from tests.services import fresh_database
+from tests.services import auth_headers, fresh_database
 from tests.test_alerting_delivery import HttpReceiver, http_receiver
 from tests.test_ingest import purge_session, wait_until
 from wire import MqttSettings, Reading, Status, StatusTopic, Telemetry, TelemetryTopic, encode
@@ -102,7 +102,8 @@ def links_in(body: str) -> dict[str, str]:
 
 def api_client(database_url: str, tmp_path: Path) -> TestClient:
     settings = ApiSettings.load(None, database_url=database_url, store=StoreSettings(path=tmp_path / "ts.db"))
-    return TestClient(create_app(settings))
+    # acts as "alice": acks, resolves and silences are recorded as the caller
+    return TestClient(create_app(settings), headers=auth_headers(database_url, user="alice"))
 
 
 def test_anomaly_pages_once_escalates_and_stops_on_the_phone_link(
@@ -193,7 +194,7 @@ def test_agent_last_will_folds_device_offline_and_api_resolve(
             assert inc["folded"] == 20
             r = client.post(f"/api/v1/alerting/incidents/{inc['id']}/resolve", json={"by": "alice"})
             assert r.json() == {"id": inc["id"], "state": "resolved"}
-            assert client.post("/api/v1/alerting/incidents/nope/ack", json={"by": "a"}).status_code == 404
+            assert client.post("/api/v1/alerting/incidents/nope/ack", json={"by": "alice"}).status_code == 404
         wait_until(lambda: service.engine.incidents[inc["id"]].state == "resolved", 5, "resolve applied")
         with db.connect() as conn:
             cmds = conn.execute(select(tables.command.c.done_ms)).all()

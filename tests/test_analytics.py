@@ -23,7 +23,7 @@ from analytics.settings import AnalyticsSettings, DetectSettings
 from api.main import create_app
 from api.settings import ApiSettings
 from ingest.store import StoreSettings, open_store
-from tests.services import fresh_database
+from tests.services import auth_headers, fresh_database
 from wire import MqttSettings, Reading, Status, StatusTopic, Telemetry, TelemetryTopic, encode
 from wire.anomaly import decode_anomaly
 from wire.mqtt import make_client
@@ -237,7 +237,7 @@ def test_lifecycle_persisted_idempotently(database: Engine) -> None:
     # a second upgrade is a no-op: the version table is analytics' own
     db.upgrade(database)
     with database.connect() as c:
-        assert c.execute(text("SELECT version_num FROM alembic_version_analytics")).scalar() == "a0001"
+        assert c.execute(text("SELECT version_num FROM alembic_version_analytics")).scalar() == "a0002"
 
 
 # -- end to end on the real Mosquitto --------------------------------------------------------------
@@ -312,7 +312,7 @@ def test_end_to_end_on_mosquitto(mqtt_settings: MqttSettings, site_id: str, tmp_
                                     store=StoreSettings(path=tmp_path / "ts.db"))
     store = open_store(api_settings.store)
     try:
-        with TestClient(create_app(api_settings, store)) as client:
+        with TestClient(create_app(api_settings, store), headers=auth_headers(database_url)) as client:
             r = client.get("/api/v1/anomalies", params={"site": site_id, "state": "open,updated"})
             assert r.status_code == 200, r.text
             body = r.json()

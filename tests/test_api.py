@@ -43,7 +43,7 @@ from api.timerange import (
     window,
 )
 from ingest.store import AgentState, DeadLetter, DeviceSeen, RawReading, Store, StoreSettings, open_store
-from tests.services import free_port
+from tests.services import auth_headers, free_port
 from wire import ConfigError, Reading, Status, StatusTopic, Telemetry, TelemetryTopic
 from wire.payloads import Quality
 
@@ -180,7 +180,8 @@ def _api_settings(store: StoreSettings, **kw: Any) -> ApiSettings:
 def _client(settings: ApiSettings, store: Store | None = None) -> TestClient:
     app = create_app(settings, store)
     app.dependency_overrides[deps.now_ms] = lambda: NOW
-    return TestClient(app, raise_server_exceptions=False)
+    # every route but /healthz needs a caller: an admin token made in the API's database
+    return TestClient(app, raise_server_exceptions=False, headers=auth_headers(settings.database_url))
 
 
 @pytest.fixture
@@ -611,11 +612,13 @@ def _serve_in_thread(
 
 
 def test_run_serves_until_stopped(populated: StoreSettings) -> None:
-    thread, stop, url = _serve_in_thread(_api_settings(populated, port=0))
+    settings = _api_settings(populated, port=0)
+    thread, stop, url = _serve_in_thread(settings)
     try:
         assert url.startswith("http://127.0.0.1:")
         assert httpx.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
-        r = httpx.get(f"{url}/api/v1/devices", params={"site": "mall"}, timeout=10)
+        r = httpx.get(f"{url}/api/v1/devices", params={"site": "mall"}, timeout=10,
+                      headers=auth_headers(settings.database_url))
         assert [d["device"] for d in r.json()["devices"]] == ["esc-1"]
     finally:
         stop.set()
@@ -628,8 +631,10 @@ def test_run_serves_until_stopped(populated: StoreSettings) -> None:
 def test_run_leaves_a_passed_store_open(populated: StoreSettings) -> None:
     store = open_store(populated)
     try:
-        thread, stop, url = _serve_in_thread(_api_settings(populated, port=0), store)
-        assert httpx.get(f"{url}/api/v1/agents", timeout=10).status_code == 200
+        settings = _api_settings(populated, port=0)
+        thread, stop, url = _serve_in_thread(settings, store)
+        headers = auth_headers(settings.database_url)
+        assert httpx.get(f"{url}/api/v1/agents", timeout=10, headers=headers).status_code == 200
         stop.set()
         thread.join(15)
         assert not thread.is_alive()

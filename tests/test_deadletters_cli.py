@@ -13,6 +13,7 @@ from api.main import create_app
 from api.settings import ApiSettings
 from ingest.service import IngestService
 from ingest.store import Store, StoreSettings
+from tests.services import auth_headers
 from tests.test_ingest import publisher, purge_session, start_ingest, store, store_settings, wait_until
 from vigil.cli import main
 from wire import MqttSettings, Reading, Telemetry, TelemetryTopic, encode
@@ -54,8 +55,9 @@ def test_list_filter_and_replay_once_fixed(
     assert all(d["replayed_ms"] is None and d["id"] for d in listed)
 
     # Through the API, with the same filters.
-    app = create_app(ApiSettings.load(None, store=store_settings), store)
-    with TestClient(app) as api:
+    api_settings = ApiSettings.load(None, store=store_settings)
+    app = create_app(api_settings, store)
+    with TestClient(app, headers=auth_headers(api_settings.database_url)) as api:
         query = {"code": "ts_out_of_window", "topic_prefix": prefix}
         body = api.get("/api/v1/dead-letters", params=query).json()
         [item] = body["dead_letters"]

@@ -22,6 +22,7 @@ from api.main import create_app
 from api.settings import ApiSettings
 from ingest.store import StoreSettings, open_store
 from simulators.fleet import Recorder, build_fleet, plan_fleet
+from tests.services import auth_headers
 from tests.test_ingest import purge_session, start_ingest, wait_until
 from wire import MqttSettings, StatusTopic, parse_topic
 from wire.mqtt import make_client
@@ -65,7 +66,9 @@ def test_every_published_reading_comes_back_from_the_api(
         t = parse_topic(topic)
         for r in message.readings:
             expected[(t.site, t.device, r.metric)][r.ts_ms] = r.value  # type: ignore[union-attr]
-    with TestClient(create_app(ApiSettings.load(None, store=store_settings), store=store)) as api:
+    api_settings = ApiSettings.load(None, store=store_settings)
+    with TestClient(create_app(api_settings, store=store),
+                    headers=auth_headers(api_settings.database_url)) as api:
         devices = api.get("/api/v1/devices").json()["devices"]
         assert {(d["site"], d["device"]) for d in devices} == {(s, d) for s, d, _m in expected}
         assert all(d["state"] == "offline" for d in devices)  # the fleet stopped gracefully
@@ -92,7 +95,9 @@ def test_an_agent_killed_with_sigkill_is_shown_offline_by_the_api(
     agent = subprocess.Popen([str(Path(sys.executable).parent / "vigil"), "edge"], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        with TestClient(create_app(ApiSettings.load(None, store=embedded_settings), store=store)) as api:
+        api_settings = ApiSettings.load(None, store=embedded_settings)
+        with TestClient(create_app(api_settings, store=store),
+                        headers=auth_headers(api_settings.database_url)) as api:
             def state() -> str:
                 devices = api.get("/api/v1/devices", params={"site": site_id}).json()["devices"]
                 return str(devices[0]["state"]) if devices else "none"

@@ -40,8 +40,10 @@ from wire import (
     decode_telemetry,
     parse_topic,
 )
+from wire.agent import AgentHealth, decode_health
+from wire.config import ConfigError
 from wire.mqtt import make_client
-from wire.topics import status_filter, telemetry_filter
+from wire.topics import CommandTopic, health_filter, status_filter, telemetry_filter
 
 T0 = 1_800_000_000_000  # an explicit clock for the core: 2027-01-15
 
@@ -227,11 +229,14 @@ def test_readings_that_break_the_contract_fail_the_poll_and_use_no_sequence_numb
 
 
 def test_status_messages_are_retained_and_carry_the_boot_number() -> None:
-    core = make_core({"d1": 1000})
+    core = Agent(site="s1", agent="a1", boot=7, version="1.2.3",
+                 devices=[PollPlan("d1", 1000, kind="pump"), PollPlan("d2", 1000, kind="door")])
     birth, will, bye = core.birth(T0), core.will(T0), core.goodbye(T0 + 5)
     assert {p.topic for p in (birth, will, bye)} == {StatusTopic("s1", "a1").format()}
     assert all(p.retain and p.qos == 1 for p in (birth, will, bye))
-    assert decode_status(birth.payload) == Status(v=1, state="online", ts_ms=T0, boot=7)
+    # The birth announces version and device kinds; will and goodbye carry neither.
+    assert decode_status(birth.payload) == Status(v=1, state="online", ts_ms=T0, boot=7, version="1.2.3",
+                                                  devices={"d1": "pump", "d2": "door"})
     lost = Status(v=1, state="offline", ts_ms=T0, boot=7, reason="connection lost")
     assert decode_status(will.payload) == lost
     assert decode_status(bye.payload) == Status(v=1, state="offline", ts_ms=T0 + 5, boot=7, reason="stopped")
@@ -361,8 +366,8 @@ def test_a_good_config_loads_with_validated_driver_options(tmp_path: Path) -> No
     [
         (("poll_interval_s: 5", "poll_interval_s: -1"),
          r"devices\[0\] \(pump-01\)\.poll_interval_s: Input should be greater than 0 \(got -1\)"),
-        (("driver: simulated\n    poll", "driver: modbus\n    poll"),
-         r"devices\[0\] \(pump-01\)\.driver: unknown driver 'modbus' \(known: simulated\)"),
+        (("driver: simulated\n    poll", "driver: profibus\n    poll"),
+         r"devices\[0\] \(pump-01\)\.driver: unknown driver 'profibus' \(known: [a-z, ]*simulated"),
         (("amplitude: 3", "amplitude: 3, perid_s: 60"),
          r"devices\[0\] \(pump-01\)\.options\.points\[0\]\.float\.perid_s: Extra inputs are not permitted"),
         (("p_true: 0.98", "p_true: 1.5"),
@@ -577,3 +582,124 @@ def test_an_agent_rides_out_a_broker_restart_and_delivers_what_it_queued(
     assert seqs == list(range(len(seqs)))  # no gap: what was queued in the outage was delivered
     lost = [r for r in caplog.records if "lost the broker" in r.getMessage()]
     assert len(lost) == 1
+
+
+# -- commands and health ----------------------------------------------------------------------
+
+
+def test_rebirth_and_reload_commands_and_the_health_report(
+    mqtt_settings: MqttSettings, site_id: str, tmp_path: Path
+) -> None:
+    text = (GOOD_CONFIG.replace("tower-a", site_id).replace("poll_interval_s: 5", "poll_interval_s: 0.1")
+            .replace("kind: door", "kind: door\n    poll_interval_s: 0.1"))
+    config = write(tmp_path, text)
+    settings = EdgeSettings.load(mqtt=mqtt_settings, config=config, health_interval_s=0.5)
+    agent = "b1-gw1"
+    cmd = make_client(mqtt_settings, f"cmd-{uuid.uuid4().hex[:8]}")
+    cmd.connect(mqtt_settings.host, mqtt_settings.port)
+    cmd.loop_start()
+    healths: list[AgentHealth] = []
+    watcher = make_client(mqtt_settings, f"health-{uuid.uuid4().hex[:8]}")
+    watcher.on_message = lambda c, u, m: (healths.append(decode_health(bytes(m.payload)))
+                                          if m.payload else None)
+    watcher.connect(mqtt_settings.host, mqtt_settings.port)
+    watcher.subscribe(health_filter(site_id), 1)
+    watcher.loop_start()
+
+    def command(name: str) -> None:
+        cmd.publish(CommandTopic(site_id, agent, name).format(), b"", qos=1).wait_for_publish(5)
+
+    def births() -> list[Status]:
+        return [s for s, _ in t.statuses() if s.state == "online"]
+
+    stop = threading.Event()
+    thread = threading.Thread(target=run, args=(settings, stop))
+    with tap(mqtt_settings, site_id, [agent]) as t:
+        thread.start()
+        try:
+            assert t.wait_for(lambda: len(births()) == 1 and len(t.telemetry()) >= 4)
+            assert births()[0].devices == {"pump-01": "pump", "door-01": "door"} and births()[0].version
+            command("rebirth")
+            assert t.wait_for(lambda: len(births()) == 2)
+            # A config that does not load is refused: the old one keeps running, the health says why.
+            config.write_text(text.replace("id: door-01", "id: door/01"))
+            command("reload")
+            assert t.wait_for(lambda: any(h.config_error for h in healths), 5), healths[-1:]
+            err = next(h.config_error for h in healths if h.config_error)
+            assert "devices[1] (door/01).id" in err and str(config) in err
+            n = len(t.telemetry())
+            assert t.wait_for(lambda: len(t.telemetry()) >= n + 4)
+            # A good one replaces devices and drivers; the birth announces the new list.
+            config.write_text(text.replace("id: door-01", "id: door-02"))
+            command("reload")
+            assert t.wait_for(lambda: births()[-1].devices == {"pump-01": "pump", "door-02": "door"})
+            assert t.wait_for(lambda: any(m[0].device == "door-02" for m in t.telemetry()))
+            assert t.wait_for(lambda: not healths[-1].config_error and "door-02" in healths[-1].devices)
+        finally:
+            stop.set()
+            thread.join(10)
+            for c in (cmd, watcher):
+                c.disconnect()
+                c.loop_stop()
+    seqs = [m.seq for _, m in t.telemetry()]
+    assert seqs == list(range(len(seqs)))  # numbering went on across reloads, no gap, no reset
+    h = healths[-1]
+    assert h.boot == births()[0].boot and h.outbox_depth > 0  # no ingest here: nothing acknowledged
+    assert h.oldest_unacked_age_s > 0 and h.dropped == 0 and h.devices["pump-01"].state == "online"
+    # The outbox kept numbering and boot epoch: a second run continues both.
+    stop2 = threading.Event()
+    thread = threading.Thread(target=run, args=(settings, stop2))
+    with tap(mqtt_settings, site_id, [agent]) as t2:
+        thread.start()
+        try:
+            assert t2.wait_for(lambda: any(not m.historical for _, m in t2.telemetry()))
+        finally:
+            stop2.set()
+            thread.join(10)
+        new_births = [s for s, _ in t2.statuses() if s.state == "online"]
+        assert new_births and new_births[-1].boot > h.boot
+        live = [m.seq for _, m in t2.telemetry() if not m.historical]
+        assert min(live) >= len(seqs)
+
+
+def test_broker_credentials_and_tls_settings(
+    private_mosquitto: MosquittoFactory, tmp_path: Path, site_id: str
+) -> None:
+    with pytest.raises(ConfigError, match="password is set but username is not"):
+        EdgeSettings.load(mqtt={"password": "x"})
+    with pytest.raises(ConfigError, match="set tls = true"):
+        EdgeSettings.load(mqtt={"ca_file": str(tmp_path / "ca.pem")})
+    assert EdgeSettings.load().mqtt.username is None  # no default credentials
+    passwords = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "edge", "s3cret"], check=True)
+    host, port, _stop = private_mosquitto(["allow_anonymous false", f"password_file {passwords}"])
+    good = MqttSettings(host=host, port=port, username="edge", password="s3cret")
+    bad = MqttSettings(host=host, port=port, username="edge", password="wrong")
+    ok = runtime(good, site_id, "gw1", {"d1": SimulatedDriver(waveform())})
+    refused = runtime(bad, site_id, "gw2", {"d1": SimulatedDriver(waveform())})
+    with running([ok, refused]):
+        assert ok.online.wait(10)
+        assert not refused.online.wait(1.5)
+
+
+def test_agent_connects_over_tls_to_a_broker_it_trusts(
+    private_mosquitto: MosquittoFactory, tmp_path: Path, site_id: str
+) -> None:
+    ca_key, ca, key, csr, cert = (tmp_path / n for n in ("ca.key", "ca.pem", "srv.key", "srv.csr", "srv.pem"))
+    ssl = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+           "-keyout", str(ca_key), "-out", str(ca)]
+    subprocess.run(ssl, check=True, capture_output=True)
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+                    "-keyout", str(key), "-out", str(csr)], check=True, capture_output=True)
+    ext = tmp_path / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+                    "-CAcreateserial", "-days", "1", "-extfile", str(ext), "-out", str(cert)],
+                   check=True, capture_output=True)
+    host, port, _stop = private_mosquitto([f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"])
+    tls = runtime(MqttSettings(host=host, port=port, tls=True, ca_file=ca), site_id, "gw1",
+                  {"d1": SimulatedDriver(waveform())})
+    plain = runtime(MqttSettings(host=host, port=port), site_id, "gw2", {"d1": SimulatedDriver(waveform())})
+    with running([tls, plain]):
+        assert tls.online.wait(10)
+        assert not plain.online.wait(1.5)  # the listener speaks TLS only

@@ -107,3 +107,45 @@ def test_deploy_broker_restarts_with_its_queue(private_mosquitto: MosquittoFacto
     finally:
         again.stop()
         store.close()
+
+
+def test_before_the_groups_first_subscription_mosquitto_drops_after_it_queues(
+    private_mosquitto: MosquittoFactory, tmp_path: Path
+) -> None:
+    """Why ingest must start before the agents on a new installation (README, Production
+    Mosquitto): what is published while no worker of the group has ever subscribed is
+    dropped (with a PUBACK to the publisher); once one has, its persistent session queues
+    the group's telemetry even while every worker is down."""
+    _host, port, _stop = deploy_broker(private_mosquitto, tmp_path)
+    mq = MqttSettings(port=port)
+    site = "order" + uuid.uuid4().hex[:6]
+    store = open_store(StoreSettings(path=tmp_path / "ts.db"))
+    pub = make_client(mq, "order-pub", max_inflight=1000)
+    pub.connect("127.0.0.1", port)
+    pub.loop_start()
+    topic = TelemetryTopic(site, "gw1", "pump-1").format()
+
+    def publish(seqs: range) -> None:
+        for info in [pub.publish(topic, encode(Telemetry(v=1, seq=seq, readings=(
+                Reading(ts_ms=T0 + seq, metric="flow_lps", value=float(seq)),))), qos=1) for seq in seqs]:
+            info.wait_for_publish(10)  # the broker acknowledged every one
+
+    try:
+        publish(range(0, 10))  # nobody of the group has subscribed yet
+        first = start_ingest(mq, store, (site,), "order-w1")  # waits for its SUBACK
+        publish(range(10, 20))
+        wait_until(lambda: first.stats.readings >= 10, what="the 10 published after the subscription")
+        first.stop()  # the whole group is down now; its session stays
+        publish(range(20, 30))
+        again = start_ingest(mq, store, (site,), "order-w1")
+        wait_until(lambda: again.stats.readings >= 10, what="the 10 queued while the group was down")
+        time.sleep(0.5)
+        again.stop()
+        stored = [int(r.value) for r in store.readings(site, "pump-1", "flow_lps", T0, T0 + 1000, 100)
+                  if isinstance(r.value, float)]
+        assert stored == list(range(10, 30))  # 0-9 never reached ingest: dropped by the broker
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        purge_session(mq, "order-w1")
+        store.close()

@@ -188,3 +188,36 @@ def test_503_is_retried_and_shown_on_healthz(
         service.stop(drain_s=0.2)
         purge_session(mqtt_settings, f"test-ingest-{site_id}")
         store.close()
+
+
+def test_retry_until_written_backs_off_honours_retry_after_and_reports() -> None:
+    from ingest.store import StoreError
+    from ingest.write_errors import RetryPolicy, StoreState, retry_until_written
+
+    errors = [StoreError("overloaded", retryable=True, status=429, retry_after_s=5.0),
+              StoreError("bad gateway", retryable=True, status=502),
+              StoreError("token refused", retryable=True, status=401)]
+    waits: list[float] = []
+    states: list[StoreState] = []
+
+    def attempt() -> None:
+        if errors:
+            raise errors.pop(0)
+
+    def wait(seconds: float, _now: float) -> bool:
+        waits.append(seconds)
+        return True
+
+    policy = RetryPolicy(initial_s=0.5, max_s=1.5, auth_alert_interval_s=60)
+    assert retry_until_written(attempt, policy, clock=lambda: 0.0, wait=wait, report=states.append)
+    assert waits == [5.0, 1.0, 1.5]  # Retry-After wins, then doubling up to max_s
+    assert [s.ok for s in states] == [False, False, False, True]
+    assert states[2].unauthorized and "token refused" in states[2].problem
+
+    def give_up(_seconds: float, _now: float) -> bool:
+        return False
+
+    def always() -> None:
+        raise StoreError("down", retryable=True, status=503)
+
+    assert not retry_until_written(always, policy, clock=lambda: 0.0, wait=give_up, report=states.append)

@@ -142,7 +142,7 @@ def test_influx_refusals_are_read() -> None:
 # -- accounting --------------------------------------------------------------------------------
 
 
-def test_gaps_duplicates_and_a_new_session() -> None:
+def test_gaps_duplicates_and_an_agent_restart() -> None:
     acc = Accounting(gap_open_after_s=10)
     for seq in (0, 1, 2, 5, 6):
         assert not acc.received("s", "a", seq, 10, now=100)
@@ -160,11 +160,16 @@ def test_gaps_duplicates_and_a_new_session() -> None:
     assert acct.duplicates == 1 and acct.received_messages == 7 and not acct.gaps
     acc.received("s", "a", 9, 10, now=250)
     assert [(g.first, g.last) for g in acct.gaps] == [(7, 8)]
-    assert not acc.received("s", "a", 0, 10, now=300)  # 0 again: the agent restarted
-    assert not acct.gaps and acct.gaps_dropped == 1
-    assert not acc.received("s", "a", 1, 10, now=300) and not acct.gaps
-    assert acc.drain_seen() == [("s", "a", [(0, 2), (4, 6), (9, 9)])]
+    # The agent restarts: its numbers continue, and its outbox replays what was unacked.
+    assert acc.received("s", "a", 0, 10, now=300)  # 0 again is a redelivery, not a new session
+    assert not acc.received("s", "a", 8, 10, now=300) and not acc.received("s", "a", 10, 10, now=300)
+    assert [(g.first, g.last) for g in acct.gaps] == [(7, 7)] and acct.gaps_dropped == 0
+    assert not acc.received("s", "a", 7, 10, now=301) and not acct.gaps
+    assert acc.drain_seen() == [("s", "a", [(0, 2), (4, 10)])]
     assert acc.drain_seen() == []
+    [tally] = acc.tallies("w1", 1_700_000_000_000)
+    assert (tally.received_messages, tally.duplicates) == (12, 2)
+    assert (tally.missing_messages, tally.open_gaps) == (0, ())
 
 
 def test_a_late_start_is_no_duplicate_and_no_gap() -> None:

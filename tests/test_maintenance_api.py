@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
@@ -19,6 +20,7 @@ from wire import AlarmTopic, Reading, Telemetry, TelemetryTopic
 
 # The shared fixtures (a fresh database per module on SQLite and on PostgreSQL, ...).
 client = support.client
+as_user = support.as_user
 clock = support.clock
 database_url = support.database_url
 engine = support.engine
@@ -112,14 +114,16 @@ def test_validation_errors_name_the_field(client: TestClient) -> None:
     assert r.status_code == 422 and "priority" in r.json()["detail"]
     r = client.post("/api/v1/work-orders", json={"title": "Leak"})
     assert r.status_code == 422 and r.json()["field"] == "site"
-    r = client.post("/api/v1/work-orders", json={"title": "Leak", "site": site}, headers={"X-Vigil-User": ""})
-    assert r.status_code == 422 and "X-Vigil-User" in r.json()["detail"]
+    # who acts is the authenticated caller: no token, no change
+    r = client.post("/api/v1/work-orders", json={"title": "Leak", "site": site},
+                    headers={"Authorization": ""})
+    assert r.status_code == 401
     assert client.get("/api/v1/work-orders/999999").status_code == 404
     assert client.post("/api/v1/sites", json={"id": site}).status_code == 409
 
 
 def test_manual_work_order_lifecycle_labour_parts_comments_and_audit(
-    client: TestClient, clock: Clock
+    client: TestClient, clock: Clock, as_user: Callable[..., dict[str, str]]
 ) -> None:
     site = _site(client)
     pump = _pump(client, site)
@@ -131,14 +135,14 @@ def test_manual_work_order_lifecycle_labour_parts_comments_and_audit(
             "equipment_id": pump["id"],
             "priority": "P2",
         },
-        headers={"X-Vigil-User": "tenant:acme"},
+        headers=as_user("tenant.acme", "operator"),
     )
     assert r.status_code == 201, r.text
     wo = r.json()
     assert (wo["state"], wo["site_id"], wo["requested_by"], wo["allowed"]) == (
         "new",
         site,
-        "tenant:acme",
+        "tenant.acme",
         ["assigned", "cancelled"],
     )
     url = f"/api/v1/work-orders/{wo['id']}"
@@ -153,11 +157,12 @@ def test_manual_work_order_lifecycle_labour_parts_comments_and_audit(
         client.post(f"{url}/assign", json={"assignee": "tom", "crew": "mech"}).json()["state"] == "assigned"
     )
     clock.advance(60)
-    r = client.post(f"{url}/transition", json={"to": "in_progress"}, headers={"X-Vigil-User": "tom"})
+    tom = as_user("tom", "technician")
+    r = client.post(f"{url}/transition", json={"to": "in_progress"}, headers=tom)
     assert r.json()["responded_ms"] == clock.ms
     assert client.post(f"{url}/comments", json={"text": "Seal leaking"}).status_code == 201
     assert (
-        client.post(f"{url}/labour", json={"minutes": 45}, headers={"X-Vigil-User": "tom"}).status_code == 201
+        client.post(f"{url}/labour", json={"minutes": 45}, headers=tom).status_code == 201
     )
     assert (
         client.post(
@@ -186,7 +191,7 @@ def test_manual_work_order_lifecycle_labour_parts_comments_and_audit(
         ("resolved", "closed", "jane"),
     ]
     assert [h["action"] for h in d["history"]][:2] == ["create", "assign"]
-    assert d["history"][0]["actor"] == "tenant:acme"
+    assert d["history"][0]["actor"] == "tenant.acme"
 
 
 def test_list_filters_and_pages(client: TestClient, engine: Engine) -> None:
@@ -298,7 +303,9 @@ def test_anomaly_work_order_uses_the_ledger(client: TestClient, engine: Engine) 
     )
 
 
-def test_pm_schedules_and_an_inspection_round(client: TestClient, ts_store: Store, clock: Clock) -> None:
+def test_pm_schedules_and_an_inspection_round(
+    client: TestClient, ts_store: Store, clock: Clock, as_user: Callable[..., dict[str, str]]
+) -> None:
     site = _site(client)
     pump = _pump(client, site)
     r = client.post(
@@ -356,7 +363,7 @@ def test_pm_schedules_and_an_inspection_round(client: TestClient, ts_store: Stor
     r = client.post(
         url,
         json={"code": cp1["code"], "results": {"pressure_bar": 3.4, "no_leaks": True}},
-        headers={"X-Vigil-User": "tom"},
+        headers=as_user("tom", "technician"),
     )
     assert r.status_code == 201, r.text
     body = r.json()

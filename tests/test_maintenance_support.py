@@ -4,7 +4,7 @@ machine's PostgreSQL (dropped afterwards), the API on it, a settable clock, anom
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import msgspec
@@ -19,7 +19,7 @@ from api.settings import ApiSettings
 from ingest.store import Store, StoreSettings, open_store
 from maintenance.db import open_engine
 from maintenance.models import Device, Equipment, Site
-from tests.services import fresh_database
+from tests.services import auth_headers, fresh_database
 from wire.anomaly import Anomaly, AnomalyState
 from wire.payloads import Severity
 
@@ -69,8 +69,19 @@ def client(database_url: str, engine: Engine, ts_store: Store, clock: Clock) -> 
         return clock.ms
 
     app.dependency_overrides[now_ms] = fixed_now
-    with TestClient(app, headers={"X-Vigil-User": "jane"}) as c:
+    # the acting user is the caller: an admin token of user "jane"
+    with TestClient(app, headers=auth_headers(database_url, user="jane")) as c:
         yield c
+
+
+@pytest.fixture
+def as_user(database_url: str) -> Callable[..., dict[str, str]]:
+    """Headers acting as another user: ``client.post(..., headers=as_user("tom", "technician"))``."""
+
+    def make(user: str, role: str = "admin") -> dict[str, str]:
+        return auth_headers(database_url, user=user, role=role)
+
+    return make
 
 
 def anomaly(

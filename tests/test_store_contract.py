@@ -9,10 +9,13 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 
+import msgspec
 import pytest
 
 from ingest.store import (
+    AgentHealthRecord,
     AgentState,
+    AgentTally,
     Bucket,
     DeadLetter,
     DeviceSeen,
@@ -25,7 +28,9 @@ from ingest.store import (
 from ingest.store.influx import InfluxStore
 from tests.services import InfluxServer, free_port
 from wire import Reading, Status, StatusTopic, Telemetry, TelemetryTopic
+from wire.agent import AgentHealth, DeviceHealth
 from wire.payloads import MAX_PAYLOAD_BYTES, Quality, Value
+from wire.topics import HealthTopic
 
 HOUR_MS = 3_600_000
 T0 = 1_700_000_000_000 // HOUR_MS * HOUR_MS  # an hour boundary, so steps divide it
@@ -206,6 +211,41 @@ def test_agent_status_latest_wins(store: Store) -> None:
     store.write_status(a1, Status(v=1, state="online", ts_ms=T0 + 60_000, boot=4))
     store.write_status(a1, Status(v=1, state="offline", ts_ms=T0 - 60_000, boot=2, reason="stale"))  # older
     assert store.agents()[0] == AgentState("s1", "a1", "online", T0 + 60_000, 4, "")
+
+
+def test_agent_health_latest_wins_and_round_trips(store: Store) -> None:
+    assert store.agent_health() == []
+    h1, h2 = HealthTopic(site="s1", agent="a1"), HealthTopic(site="s1", agent="a2")
+    full = AgentHealth(v=1, ts_ms=T0, boot=3, outbox_depth=12, outbox_bytes=4096, oldest_unacked_age_s=1.5,
+                       dropped=2, poll_errors=7, publish_p99_s=0.04, version="1.2 \"q\" é",
+                       devices={"pump-1": DeviceHealth(state="online", since_ms=T0 - 1000),
+                                "door-2": DeviceHealth(state="offline", since_ms=T0, poll_errors=7,
+                                                       reason="timeout, no answer\nat all")})
+    store.write_health(h1, full)
+    store.write_health(h2, AgentHealth(v=1, ts_ms=T0 + 5, boot=1, outbox_depth=0, outbox_bytes=0,
+                                       oldest_unacked_age_s=0, dropped=0, poll_errors=0, publish_p99_s=0))
+    older = msgspec.structs.replace(full, ts_ms=T0 - 60_000, outbox_depth=999)
+    store.write_health(h1, older)  # a stale retained copy must not replace the newer report
+    got = store.agent_health()
+    assert [(r.site, r.agent) for r in got] == [("s1", "a1"), ("s1", "a2")]
+    assert got[0] == AgentHealthRecord("s1", "a1", full)
+    newer = msgspec.structs.replace(full, ts_ms=T0 + 60_000, outbox_depth=0, devices={})
+    store.write_health(h1, newer)
+    assert store.agent_health()[0].health == newer
+
+
+def test_ingest_accounting_latest_per_worker_and_agent(store: Store) -> None:
+    assert store.accounting() == []
+    t1 = AgentTally(site="s1", agent="a1", worker="w1", ts_ms=T0, received_messages=10, received_readings=500,
+                    stored_messages=9, stored_readings=450, duplicates=1, dead_letters={"wrong_type": 1},
+                    gaps_opened=2, missing_messages=3, open_gaps=((4, 5), (9, 9)))
+    t2 = AgentTally(site="s1", agent="a1", worker="w2", ts_ms=T0 + 1, received_messages=4)
+    t3 = AgentTally(site="s0", agent="a9", worker="w1", ts_ms=T0)
+    store.write_accounting([t1, t2, t3])
+    assert store.accounting() == [t3, t1, t2]
+    newer = msgspec.structs.replace(t1, ts_ms=T0 + 10_000, received_messages=20, open_gaps=())
+    store.write_accounting([newer])
+    assert store.accounting() == [t3, newer, t2]
 
 
 def test_dead_letters_round_trip_newest_first(store: Store) -> None:

@@ -19,6 +19,18 @@ class BrokerStartError(RuntimeError):
     pass
 
 
+class _SnapshotKeys(dict[str, Any]):
+    """amqtt 0.12's topic-filter table, iterated over a copy of its keys.
+
+    amqtt's connect handler loops over every filter with an ``await`` per filter; a client
+    subscribing to a new filter meanwhile (dozens of edge agents connecting at once, each
+    subscribing to its own ack topic) changes the dict's size and kills that connection with
+    "RuntimeError: dictionary changed size during iteration"."""
+
+    def __iter__(self) -> Any:
+        return iter(list(super().keys()))
+
+
 class EmbeddedBroker:
     def __init__(self, host: str = "127.0.0.1", port: int = 1884) -> None:
         self.host = host
@@ -48,6 +60,7 @@ class EmbeddedBroker:
             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
         }
         self._broker = Broker(config, loop=self._loop)
+        self._broker._subscriptions = _SnapshotKeys(self._broker._subscriptions)
         await self._broker.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:

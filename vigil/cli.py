@@ -92,7 +92,14 @@ ROLES: dict[str, tuple[str, str, str]] = {
                     "loop, PM and inspection rounds",
                     "maintenance.settings.MaintenanceSettings", "maintenance.service.run"),
     "analytics": ("an analytics worker: telemetry anomalies into the database and onto _alarm topics",
-                  "analytics.settings.AnalyticsSettings", "analytics.service.run"),
+                  "vigil.analytics_role.AnalyticsRoleSettings", "vigil.analytics_role.run"),
+    # security (README, "Security"): broker accounts, API users and tokens
+    "agent": ("broker credentials and topic ACLs of edge agents and services (provision|revoke|service|list)",
+              "vigil.provision.BrokerAuthSettings", "vigil.provision.run"),
+    "user": ("API users: add|passwd|role|disable|enable|list (the API's database_url)",
+             "api.settings.ApiSettings", "api.security.cli.run"),
+    "token": ("API tokens for integrations: create|revoke|list", "api.settings.ApiSettings",
+              "api.security.cli.run"),
 }
 
 
@@ -108,6 +115,18 @@ ACTIONS.setdefault("ingest", {})["deadletters"] = (
 ACTIONS.setdefault("sim", {})["score"] = (
     "compare a run's ground truth with the anomalies Vigil raised: precision, recall, time to detect",
     "simulators.score_command")
+for _action, _help in (("provision", "new credentials and ACL of one agent (prints its password once)"),
+                      ("revoke", "remove an agent's credentials and ACL"),
+                      ("service", "credentials and ACL of a Vigil service (ingest, analytics, ...)"),
+                      ("list", "accounts in the ACL file")):
+    ACTIONS.setdefault("agent", {})[_action] = (_help, "vigil.provision")
+for _action, _help in (("add", "add a user with a role (and sites)"), ("passwd", "set a user's password"),
+                      ("role", "change a user's role and sites"), ("disable", "disable a user"),
+                      ("enable", "enable a user again"), ("list", "list users")):
+    ACTIONS.setdefault("user", {})[_action] = (_help, "api.security.cli")
+for _action, _help in (("create", "create a token (its secret is shown once)"), ("revoke", "revoke a token"),
+                      ("list", "list tokens")):
+    ACTIONS.setdefault("token", {})[_action] = (_help, "api.security.cli")
 ACTIONS.setdefault("sim", {})["record-anomalies"] = (
     "keep every anomaly published on the _alarm topics as JSON lines, for score", "simulators.record_command")
 
@@ -175,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 def _start_errors() -> tuple[type[Exception], ...]:
     """The errors a role stops with at start that say what to fix: no traceback for them."""
     from alerting.errors import AlertingError
+    from analytics import AnalyticsError
     from edge.errors import EdgeError
     from ingest.store import StoreError
     from maintenance.errors import MaintenanceError
@@ -183,7 +203,7 @@ def _start_errors() -> tuple[type[Exception], ...]:
     from vigil.demo import DemoError
 
     return (ConfigError, EdgeError, StoreError, SimError, BrokerStartError, DemoError, MaintenanceError,
-            AlertingError)
+            AlertingError, AnalyticsError)
 
 
 if __name__ == "__main__":

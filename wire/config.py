@@ -14,7 +14,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -43,6 +43,19 @@ class MqttSettings(BaseModel):
     keepalive_s: int = Field(30, ge=5, le=3600)
     tls: bool = False
     ca_file: Path | None = None
+    # A client certificate and its key, for a broker that authenticates clients by TLS.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttSettings:
+        if self.password is not None and self.username is None:
+            raise ValueError("password is set but username is not: set both, or neither")
+        if (self.ca_file or self.cert_file or self.key_file) and not self.tls:
+            raise ValueError("ca_file, cert_file or key_file is set but tls is off: set tls = true")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both, or neither")
+        return self
 
 
 class RoleSettings(BaseSettings):

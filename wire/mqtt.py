@@ -44,6 +44,8 @@ def make_client(
         client.username_pw_set(settings.username, password)
     if settings.tls:
         client.tls_set(ca_certs=str(settings.ca_file) if settings.ca_file else None,
+                       certfile=str(settings.cert_file) if settings.cert_file else None,
+                       keyfile=str(settings.key_file) if settings.key_file else None,
                        tls_version=ssl.PROTOCOL_TLS_CLIENT)
     client.max_inflight_messages_set(max_inflight)
     client.max_queued_messages_set(max_queued)

@@ -14,13 +14,16 @@ from __future__ import annotations
 import html
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 from alerting import store as alerting_store
 from alerting.errors import AlertingError
+from api.auth import PrincipalDep
 from api.deps import EngineDep, NowMsDep
+from api.security import store as security_store
+from api.security.policy import check_site_filter
 
 router = APIRouter(prefix="/api/v1/alerting", tags=["alerting"])
 
@@ -28,20 +31,24 @@ STATES = ("pending", "open", "acked", "resolved", "silenced")
 
 
 class ActionIn(BaseModel):
-    by: str = Field(min_length=1, max_length=128, description="Who acknowledges or resolves, e.g. `alice`.")
+    by: str | None = Field(None, min_length=1, max_length=128,
+                           description="Always the caller; if sent, it must be the caller's user name.")
 
 
 @router.get("/incidents", summary="Incidents, newest first")
 def list_incidents(
     db: EngineDep,
+    caller: PrincipalDep,
     state: Annotated[str | None, Query(description=f"One of {', '.join(STATES)}.")] = None,
     site: Annotated[str | None, Query(description="Only this site.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     if state is not None and state not in STATES:
         raise HTTPException(422, f"state {state!r} is not one of {', '.join(STATES)}.")
+    check_site_filter(caller, site)
     with db.connect() as conn:
-        return {"incidents": alerting_store.list_incidents(conn, state=state, site=site, limit=limit)}
+        found = alerting_store.list_incidents(conn, state=state, site=site, limit=limit)
+    return {"incidents": [i for i in found if caller.sees(str(i["site"]))]}
 
 
 @router.get("/incidents/{incident_id}", summary="One incident with its alerts and every delivery attempt")
@@ -53,7 +60,13 @@ def get_incident(db: EngineDep, incident_id: str) -> dict[str, Any]:
     return inc
 
 
-def _act(db: EngineDep, incident_id: str, action: str, by: str, now_ms: int) -> dict[str, Any]:
+def _act(db: EngineDep, incident_id: str, action: str, body: ActionIn, caller: Any,
+         now_ms: int) -> dict[str, Any]:
+    # The actor is the authenticated caller; a `by` naming someone else is refused, not ignored.
+    if body.by is not None and body.by != caller.user:
+        raise HTTPException(403, f"field 'by': the {action} is recorded as the caller ({caller.user!r}); "
+                                 "leave it out.")
+    by = caller.user
     try:
         with db.begin() as conn:
             state = alerting_store.add_command(conn, incident_id, action, by, "api", now_ms)
@@ -63,13 +76,15 @@ def _act(db: EngineDep, incident_id: str, action: str, by: str, now_ms: int) -> 
 
 
 @router.post("/incidents/{incident_id}/ack", summary="Acknowledge: stop the escalation")
-def ack(db: EngineDep, now: NowMsDep, incident_id: str, body: ActionIn) -> dict[str, Any]:
-    return _act(db, incident_id, "ack", body.by, now)
+def ack(db: EngineDep, now: NowMsDep, incident_id: str, caller: PrincipalDep,
+        body: ActionIn | None = None) -> dict[str, Any]:
+    return _act(db, incident_id, "ack", body or ActionIn(), caller, now)
 
 
 @router.post("/incidents/{incident_id}/resolve", summary="Resolve: end the incident")
-def resolve(db: EngineDep, now: NowMsDep, incident_id: str, body: ActionIn) -> dict[str, Any]:
-    return _act(db, incident_id, "resolve", body.by, now)
+def resolve(db: EngineDep, now: NowMsDep, incident_id: str, caller: PrincipalDep,
+            body: ActionIn | None = None) -> dict[str, Any]:
+    return _act(db, incident_id, "resolve", body or ActionIn(), caller, now)
 
 
 _PAGE = """<!doctype html><html><head><meta charset="utf-8">
@@ -106,10 +121,14 @@ def link_page(db: EngineDep, now: NowMsDep, token: str) -> HTMLResponse:
 
 @router.post("/links/{token}", summary="Use a link: acknowledge or resolve, once",
              response_class=HTMLResponse)
-def use_link(db: EngineDep, now: NowMsDep, token: str) -> HTMLResponse:
+def use_link(db: EngineDep, now: NowMsDep, token: str, request: Request) -> HTMLResponse:
     try:
         with db.begin() as conn:
             info = alerting_store.use_link(conn, token, now)
+            # in the same transaction: the security audit log has every acknowledgement
+            security_store.record(conn, now, f"link:{info.person}", f"incident.{info.action}",
+                                  info.incident_id, client=request.client.host if request.client else "",
+                                  via="phone link")
     except AlertingError as e:
         return _page(f"<p>{html.escape(str(e))}</p>", 410)
     done = "acknowledged" if info.action == "ack" else "resolved"

@@ -16,7 +16,9 @@ from pydantic import BaseModel, Field, ValidationError
 from alerting import store as alerting_store
 from alerting.config import OnCallConfig, Override, Severity, SilenceRule
 from alerting.rotation import on_call, upcoming
+from api.auth import Principal, PrincipalDep
 from api.deps import EngineDep, NowMsDep
+from api.security.policy import check_site_filter
 
 router = APIRouter(prefix="/api/v1/alerting", tags=["alerting"])
 
@@ -31,14 +33,27 @@ def _config(db: EngineDep) -> tuple[OnCallConfig, dict[str, list[tuple[int, Over
     return cfg, overrides
 
 
+def _sees_rotation(caller: Principal, rot_sites: tuple[str, ...] | list[str]) -> bool:
+    """A rotation of no site in particular covers every site: everyone sees it."""
+    return caller.sites is None or not rot_sites or any(caller.sees(x) for x in rot_sites)
+
+
+def _owns_sites(caller: Principal, sites: tuple[str, ...] | list[str]) -> bool:
+    """Changing something that spans sites needs all of them (every site when it names none)."""
+    return caller.sites is None or (bool(sites) and all(caller.sees(x) for x in sites))
+
+
 @router.get("/oncall", summary="Who is on call now, per rotation (for one site or all)")
-def who_is_on_call(db: EngineDep, now: NowMsDep,
+def who_is_on_call(db: EngineDep, now: NowMsDep, caller: PrincipalDep,
                    site: Annotated[str | None, Query(description="Only rotations of this site.")] = None,
                    ) -> dict[str, Any]:
+    check_site_filter(caller, site)
     cfg, overrides = _config(db)
     out = []
     for name, rot in cfg.rotations.items():
         if site is not None and rot.sites and site not in rot.sites:
+            continue
+        if not _sees_rotation(caller, rot.sites):
             continue
         shift = on_call(rot, now, [o for _, o in overrides.get(name, [])])
         person = cfg.people.get(shift.person)
@@ -48,11 +63,13 @@ def who_is_on_call(db: EngineDep, now: NowMsDep,
 
 
 @router.get("/rotations", summary="Rotations with their next shifts and overrides")
-def rotations(db: EngineDep, now: NowMsDep,
+def rotations(db: EngineDep, now: NowMsDep, caller: PrincipalDep,
               shifts: Annotated[int, Query(ge=1, le=60)] = 4) -> dict[str, Any]:
     cfg, overrides = _config(db)
     out = {}
     for name, rot in cfg.rotations.items():
+        if not _sees_rotation(caller, rot.sites):
+            continue
         out[name] = {
             **rot.model_dump(mode="json"),
             "upcoming": [{"person": s.person, "start_ms": s.start_ms, "end_ms": s.end_ms}
@@ -84,9 +101,10 @@ class OverrideIn(BaseModel):
 
 
 @router.post("/rotations/{rotation}/overrides", summary="Put someone on call for a while (cover, swap)")
-def add_override(db: EngineDep, now: NowMsDep, rotation: str, body: OverrideIn) -> dict[str, Any]:
+def add_override(db: EngineDep, now: NowMsDep, rotation: str, body: OverrideIn,
+                 caller: PrincipalDep) -> dict[str, Any]:
     cfg, _ = _config(db)
-    if rotation not in cfg.rotations:
+    if rotation not in cfg.rotations or not _owns_sites(caller, cfg.rotations[rotation].sites):
         known = ", ".join(sorted(cfg.rotations)) or "none"
         raise HTTPException(404, f"no rotation {rotation!r}; known: {known}.")
     if body.person not in cfg.people:
@@ -118,18 +136,27 @@ class SilenceIn(BaseModel):
     start_ms: int
     end_ms: int
     reason: str = Field(min_length=1, max_length=512, description="Why, e.g. `chiller 2 overhaul`.")
-    created_by: str = Field(min_length=1, max_length=128)
+    created_by: str | None = Field(
+        None, min_length=1, max_length=128,
+        description="Always the caller; if sent, it must be the caller's user name.")
 
 
 @router.get("/silences", summary="Silences and maintenance windows not yet over")
-def list_silences(db: EngineDep, now: NowMsDep) -> dict[str, Any]:
+def list_silences(db: EngineDep, now: NowMsDep, caller: PrincipalDep) -> dict[str, Any]:
     with db.connect() as conn:
         rows = alerting_store.silences(conn, now)
-    return {"silences": [{"id": sid, **rule.model_dump(mode="json"), **meta} for sid, rule, meta in rows]}
+    return {"silences": [{"id": sid, **rule.model_dump(mode="json"), **meta} for sid, rule, meta in rows
+                         if _owns_sites(caller, rule.sites)]}
 
 
 @router.post("/silences", summary="Silence matching alerts (life-safety alerts still page)")
-def add_silence(db: EngineDep, now: NowMsDep, body: SilenceIn) -> dict[str, Any]:
+def add_silence(db: EngineDep, now: NowMsDep, body: SilenceIn, caller: PrincipalDep) -> dict[str, Any]:
+    if body.created_by is not None and body.created_by != caller.user:
+        raise HTTPException(403, f"field 'created_by': a silence is created by the caller ({caller.user!r}); "
+                                 "leave it out.")
+    if not _owns_sites(caller, body.sites):
+        raise HTTPException(404, "field 'sites': name only sites you see (a user limited to sites must "
+                                 "name them: a silence of every site would hide other sites' pages).")
     if body.end_ms <= body.start_ms:
         raise HTTPException(422, "end_ms must be after start_ms.")
     if not any((body.sites, body.buildings, body.devices, body.kinds, body.event_types)):
@@ -137,7 +164,7 @@ def add_silence(db: EngineDep, now: NowMsDep, body: SilenceIn) -> dict[str, Any]
                                  "event_types (a silence of everything would hide every page).")
     rule = SilenceRule(**body.model_dump(exclude={"created_by"}))
     with db.begin() as conn:
-        sid = alerting_store.add_silence(conn, rule, body.created_by, now)
+        sid = alerting_store.add_silence(conn, rule, caller.user, now)
     return {"id": sid, **rule.model_dump(mode="json")}
 
 

@@ -9,8 +9,10 @@ from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from analytics import db
+from api.auth import PrincipalDep
 from api.deps import EngineDep
 from api.schemas import BAD_PARAM
+from api.security.policy import check_site_filter
 from api.timerange import QueryError, iso, parse_time
 from wire import check_id
 from wire.anomaly import Anomaly
@@ -89,6 +91,7 @@ def _choices(name: str, text: str | None, allowed: tuple[str, ...]) -> tuple[str
 )
 async def list_anomalies(
     engine: EngineDep,
+    caller: PrincipalDep,
     site: Annotated[str | None, Query(description="Site id.")] = None,
     device: Annotated[str | None, Query(description="Device id.")] = None,
     state: Annotated[str | None, Query(description="open, updated, cleared (comma-separated).")] = None,
@@ -101,6 +104,7 @@ async def list_anomalies(
 ) -> AnomalyList:
     if site is not None:
         check_id("site", site)
+        check_site_filter(caller, site)
     if device is not None:
         check_id("device", device)
     q = db.Query(
@@ -114,7 +118,9 @@ async def list_anomalies(
         raise QueryError(f"since ({iso(q.since_ms)}) must be before until ({iso(q.until_ms)})")
     rows = await run_in_threadpool(db.list_anomalies, engine, q)
     more = len(rows) > limit
-    return AnomalyList(anomalies=[_out(r) for r in rows[:limit]],
+    # Site scope: others' anomalies are left out; paging stays in the unfiltered order, so a
+    # page of a site-limited caller may be shorter than `limit`.
+    return AnomalyList(anomalies=[_out(r) for r in rows[:limit] if caller.sees(r.site)],
                        next_offset=offset + limit if more else None)
 
 

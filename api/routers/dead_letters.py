@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import Field
 
+from api.auth import PrincipalDep
 from api.deps import SettingsDep, StoreDep
 from api.schemas import BAD_PARAM, DeadLetterList, DeadLetterOut
 from api.timerange import QueryError, iso
@@ -27,6 +28,15 @@ class DeadLetterItem(DeadLetterOut):
 
 class DeadLetterPage(DeadLetterList):
     dead_letters: list[DeadLetterItem] = Field(description="Newest first.")  # type: ignore[assignment]
+
+
+def _visible(sites: frozenset[str] | None, topic: str) -> bool:
+    """Site scope: a letter is of the site in its topic (vigil/v1/{site}/...); a letter whose
+    topic names no site is only for callers who see every site."""
+    if sites is None:
+        return True
+    parts = topic.split("/")
+    return len(parts) > 2 and parts[:2] == ["vigil", "v1"] and parts[2] in sites
 
 
 def show_payload(payload: bytes, max_bytes: int) -> tuple[str, bool]:
@@ -47,6 +57,7 @@ def show_payload(payload: bytes, max_bytes: int) -> tuple[str, bool]:
 def list_dead_letters(
     store: StoreDep,
     settings: SettingsDep,
+    caller: PrincipalDep,
     limit: Annotated[
         int, Query(ge=1, description="How many, newest first (at most `max_dead_letters`).")
     ] = 100,
@@ -59,6 +70,8 @@ def list_dead_letters(
         raise QueryError(f"limit={limit} is over the maximum of {settings.max_dead_letters}")
     out: list[DeadLetterItem] = []
     for letter in store.dead_letters(limit, code=code, topic_prefix=topic_prefix):
+        if not _visible(caller.sites, letter.topic):
+            continue
         text, cut = show_payload(letter.payload, settings.dead_letter_payload_bytes)
         extra: dict[str, object] = {}
         if letter.code:

@@ -17,6 +17,7 @@ from typing import Annotated
 import msgspec
 from fastapi import APIRouter, HTTPException, Query, Response
 
+from api.auth import PrincipalDep
 from api.deps import DeviceRef, DeviceRefDep, NowMsDep, SettingsDep, StoreDep
 from api.presence import device_presence
 from api.routers.agents import agent_out
@@ -30,6 +31,7 @@ from api.schemas import (
     ReadingsOut,
     SeriesOut,
 )
+from api.security.policy import check_site_filter
 from api.timerange import (
     QueryError,
     bucket_count,
@@ -115,11 +117,13 @@ def list_devices(
     store: StoreDep,
     settings: SettingsDep,
     now: NowMsDep,
+    caller: PrincipalDep,
     site: Annotated[str | None, Query(description="Only devices of this site.")] = None,
     agent: Annotated[str | None, Query(description="Only devices last seen through this agent.")] = None,
 ) -> DeviceList:
     if site is not None:
         check_id("site", site)
+        check_site_filter(caller, site)
     if agent is not None:
         check_id("agent", agent)
     after_ms = round(settings.offline_after_s * 1000)
@@ -129,6 +133,7 @@ def list_devices(
             d
             for d in store.devices()
             if (site is None or d.site == site) and (agent is None or d.agent == agent)
+            and caller.sees(d.site)
         ),
         key=lambda d: (d.site, d.device),
     )

@@ -4,7 +4,9 @@ bus that no equipment claims yet."""
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Path, Query
@@ -13,8 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api.auth import PrincipalDep
 from api.deps import NowMsDep, StoreDep
 from api.routers.maint_common import ERRORS, ActorDep, CursorQ, LimitQ, SessionDep
+from api.security.policy import check_site_filter, require_every_site, require_site
 from maintenance import ledger
 from maintenance.errors import ConflictError, InvalidError, NotFoundError
 from maintenance.models import Building, Device, Equipment, Floor, Point, Relation, Site, Space
@@ -237,12 +241,13 @@ def _detail(s: Session, eq: Equipment) -> EquipmentDetail:
 
 
 @router.get("/sites", response_model=list[SiteOut], summary="Sites in the ledger")
-def list_sites(s: SessionDep) -> list[SiteOut]:
-    return [SiteOut.model_validate(x) for x in s.scalars(select(Site).order_by(Site.id))]
+def list_sites(s: SessionDep, caller: PrincipalDep) -> list[SiteOut]:
+    return [SiteOut.model_validate(x) for x in s.scalars(select(Site).order_by(Site.id)) if caller.sees(x.id)]
 
 
 @router.post("/sites", status_code=201, response_model=SiteOut, summary="Add a site")
-def create_site(body: SiteIn, s: SessionDep, user: ActorDep, now: NowMsDep) -> SiteOut:
+def create_site(body: SiteIn, s: SessionDep, user: ActorDep, now: NowMsDep, caller: PrincipalDep) -> SiteOut:
+    require_every_site(caller, "add a site")
     if s.get(Site, body.id) is not None:
         raise ConflictError(f"site {body.id!r} already exists")
     site = Site(id=body.id, name=body.name)
@@ -317,6 +322,7 @@ def add_location(
 @router.get("/equipment", response_model=EquipmentPage, summary="Equipment, with filters")
 def list_equipment(
     s: SessionDep,
+    caller: PrincipalDep,
     limit: LimitQ = 100,
     cursor: CursorQ = None,
     site: Annotated[str | None, Query(max_length=64)] = None,
@@ -325,7 +331,10 @@ def list_equipment(
     criticality: Criticality | None = None,
     responsible: Annotated[str | None, Query(max_length=200)] = None,
 ) -> EquipmentPage:
+    check_site_filter(caller, site)
     q = select(Equipment)
+    if caller.sites is not None:
+        q = q.where(Equipment.site_id.in_(sorted(caller.sites)))
     if cursor is not None:
         q = q.where(Equipment.id > cursor)
     for column, value in (
@@ -346,7 +355,10 @@ def list_equipment(
 
 
 @router.post("/equipment", status_code=201, response_model=EquipmentDetail, summary="Add equipment")
-def create_equipment(body: EquipmentIn, s: SessionDep, user: ActorDep, now: NowMsDep) -> EquipmentDetail:
+def create_equipment(
+    body: EquipmentIn, s: SessionDep, user: ActorDep, now: NowMsDep, caller: PrincipalDep
+) -> EquipmentDetail:
+    require_site(caller, body.site)
     checked_site(s, body.site)
     values = body.model_dump(exclude={"site"})
     values["brick_class"] = body.brick_class or ledger.brick_class_for(body.kind)
@@ -474,13 +486,15 @@ def unbind_device(eq_id: EqId, device: str, s: SessionDep, user: ActorDep, now: 
     summary="Say what this equipment feeds or which space it serves",
 )
 def add_relation(
-    eq_id: EqId, body: RelationIn, s: SessionDep, user: ActorDep, now: NowMsDep
+    eq_id: EqId, body: RelationIn, s: SessionDep, user: ActorDep, now: NowMsDep, caller: PrincipalDep
 ) -> EquipmentDetail:
     eq = _equipment(s, eq_id)
     if body.predicate == "feeds":
         if body.equipment_id is None or body.space_id is not None:
             raise InvalidError("equipment_id", "is required for feeds (and space_id is not allowed)")
-        _equipment(s, body.equipment_id)
+        fed = _equipment(s, body.equipment_id)
+        if not caller.sees(fed.site_id):
+            raise NotFoundError(f"equipment {body.equipment_id} does not exist")
     else:
         if body.space_id is None or body.equipment_id is not None:
             raise InvalidError("space_id", "is required for serves (and equipment_id is not allowed)")
@@ -512,7 +526,15 @@ def add_relation(
 
 
 @router.get("/assets/export.csv", response_class=PlainTextResponse, summary="The equipment ledger as CSV")
-def export_csv(s: SessionDep, site: Annotated[str | None, Query(max_length=64)] = None) -> PlainTextResponse:
+def export_csv(
+    s: SessionDep, caller: PrincipalDep, site: Annotated[str | None, Query(max_length=64)] = None
+) -> PlainTextResponse:
+    check_site_filter(caller, site)
+    if site is None and caller.sites is not None:
+        # One export per visible site, under one header row.
+        parts = [ledger.export_csv(s, x).splitlines(keepends=True) for x in sorted(caller.sites)]
+        text = "".join(parts[0][:1] + [line for p in parts for line in p[1:]]) if parts else ""
+        return PlainTextResponse(text, media_type="text/csv")
     return PlainTextResponse(ledger.export_csv(s, site), media_type="text/csv")
 
 
@@ -525,8 +547,15 @@ def import_csv(
     s: SessionDep,
     user: ActorDep,
     now: NowMsDep,
+    caller: PrincipalDep,
     body: Annotated[str, Body(media_type="text/csv", description="CSV text with a header row.")],
 ) -> ImportOut:
+    if caller.sites is not None:
+        # Every row must be of a site the caller sees; a row of another site refuses the import.
+        for line, row in enumerate(csv.DictReader(io.StringIO(body)), start=2):
+            site = (row.get("site") or "").strip()
+            if site and not caller.sees(site):
+                raise NotFoundError(f"line {line}: there is no site {site!r} (or it is not yours to see)")
     report = ledger.import_csv(s, body, actor=user, now_ms=now)
     s.commit()
     return ImportOut(
@@ -545,9 +574,12 @@ def import_csv(
     summary="Devices seen on the bus that no equipment claims yet",
 )
 def unmatched_devices(
-    s: SessionDep, store: StoreDep, site: Annotated[str | None, Query(max_length=64)] = None
+    s: SessionDep, store: StoreDep, caller: PrincipalDep,
+    site: Annotated[str | None, Query(max_length=64)] = None,
 ) -> list[UnmatchedOut]:
-    seen = [(d.site, d.device, d.agent, d.last_seen_ms) for d in store.devices() if site in (None, d.site)]
+    check_site_filter(caller, site)
+    seen = [(d.site, d.device, d.agent, d.last_seen_ms) for d in store.devices()
+            if site in (None, d.site) and caller.sees(d.site)]
     return [
         UnmatchedOut(site=a, device=b, agent=c, last_seen_ms=t) for a, b, c, t in ledger.unmatched(s, seen)
     ]

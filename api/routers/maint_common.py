@@ -1,8 +1,9 @@
 """What the maintenance routers share: a database session per request, the acting user,
 paging, and how maintenance errors become responses.
 
-Who acts: until authentication lands, every write names its user in the ``X-Vigil-User``
-header (required on writes, 1-100 printable characters); it goes into the audit trail.
+Who acts: the authenticated caller (``api.auth.principal``): a session's user or a token's
+owner goes into the audit trail. (Before authentication, writes named their user in an
+``X-Vigil-User`` header; it is no longer read.)
 
 Errors: 404 for an unknown asset or work order, 422 for a bad value (the detail names the
 field), 409 for a refused state transition (the body adds ``allowed``, the states the work
@@ -12,21 +13,20 @@ order may go to) or a conflict with what is stored (a duplicate code).
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from api.auth import PrincipalDep
 from api.deps import EngineDep
 from api.schemas import ErrorBody
 from maintenance.errors import ConflictError, InvalidError, NotFoundError, TransitionError
 
 log = logging.getLogger(__name__)
-_USER_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,100}\Z")
 
 
 def session(engine: EngineDep) -> Iterator[Session]:
@@ -35,20 +35,10 @@ def session(engine: EngineDep) -> Iterator[Session]:
         yield s
 
 
-def actor(
-    x_vigil_user: Annotated[
-        str | None,
-        Header(description="Who is making this change, for the audit trail (until authentication lands)."),
-    ] = None,
-) -> str:
-    if x_vigil_user is None or not x_vigil_user.strip():
-        raise InvalidError(
-            "header X-Vigil-User",
-            "is required on every change: say who is making it (e.g. X-Vigil-User: jane.doe)",
-        )
-    if not _USER_RE.match(x_vigil_user):
-        raise InvalidError("header X-Vigil-User", "must be 1-100 printable characters")
-    return x_vigil_user.strip()
+def actor(caller: PrincipalDep) -> str:
+    """Who makes a change, for the audit trail: the authenticated caller (for a token, its
+    user; the token id is in the security audit log)."""
+    return caller.user
 
 
 SessionDep = Annotated[Session, Depends(session)]

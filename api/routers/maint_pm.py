@@ -19,10 +19,12 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
+from api.auth import Principal, PrincipalDep
 from api.deps import NowMsDep, StoreDep
 from api.routers.maint_assets import checked_site
 from api.routers.maint_common import ERRORS, ActorDep, LimitQ, SessionDep
 from api.routers.maint_workorders import WorkOrderOut, out
+from api.security.policy import check_site_filter, require_site
 from ingest.store import StoreError
 from maintenance import pm
 from maintenance.errors import InvalidError, NotFoundError
@@ -164,17 +166,21 @@ class CheckInOut(BaseModel):
 
 @router.get("/pm-schedules", response_model=list[PmOut], summary="Preventive maintenance schedules")
 def list_pm(
-    s: SessionDep, equipment_id: Annotated[int | None, Query(ge=1)] = None, limit: LimitQ = 100
+    s: SessionDep, caller: PrincipalDep, equipment_id: Annotated[int | None, Query(ge=1)] = None,
+    limit: LimitQ = 100,
 ) -> list[PmOut]:
     q = select(PmSchedule).order_by(PmSchedule.id).limit(limit)
+    if caller.sites is not None:
+        q = q.join(Equipment, Equipment.id == PmSchedule.equipment_id).where(
+            Equipment.site_id.in_(sorted(caller.sites)))
     if equipment_id is not None:
         q = q.where(PmSchedule.equipment_id == equipment_id)
     return [PmOut.model_validate(x) for x in s.scalars(q)]
 
 
 @router.post("/pm-schedules", status_code=201, response_model=PmOut, summary="Add a PM schedule")
-def create_pm(body: PmIn, s: SessionDep, user: ActorDep, now: NowMsDep) -> PmOut:
-    if s.get(Equipment, body.equipment_id) is None:
+def create_pm(body: PmIn, s: SessionDep, user: ActorDep, now: NowMsDep, caller: PrincipalDep) -> PmOut:
+    if not _sees_equipment(s, caller, body.equipment_id):
         raise InvalidError("equipment_id", f"equipment {body.equipment_id} does not exist")
     if body.kind == "calendar":
         if body.next_due is None:
@@ -195,6 +201,12 @@ def create_pm(body: PmIn, s: SessionDep, user: ActorDep, now: NowMsDep) -> PmOut
     audit(s, actor=user, entity="pm_schedule", entity_id=sch.id, action="create", now_ms=now, title=sch.title)
     s.commit()
     return PmOut.model_validate(sch)
+
+
+def _sees_equipment(s: SessionDep, caller: Principal, equipment_id: int) -> bool:
+    """The equipment exists and is of a site the caller sees (others' look like missing ones)."""
+    eq = s.get(Equipment, equipment_id)
+    return eq is not None and caller.sees(eq.site_id)
 
 
 def _pm(s: SessionDep, pm_id: int) -> PmSchedule:
@@ -282,15 +294,23 @@ def _route_out(s: SessionDep, r: Route) -> RouteOut:
 
 
 @router.get("/routes", response_model=list[RouteOut], summary="Inspection routes")
-def list_routes(s: SessionDep, site: Annotated[str | None, Query(max_length=64)] = None) -> list[RouteOut]:
+def list_routes(
+    s: SessionDep, caller: PrincipalDep, site: Annotated[str | None, Query(max_length=64)] = None
+) -> list[RouteOut]:
+    check_site_filter(caller, site)
     q = select(Route).order_by(Route.id)
+    if caller.sites is not None:
+        q = q.where(Route.site_id.in_(sorted(caller.sites)))
     if site is not None:
         q = q.where(Route.site_id == site)
     return [_route_out(s, r) for r in s.scalars(q)]
 
 
 @router.post("/routes", status_code=201, response_model=RouteOut, summary="Add a route with its checkpoints")
-def create_route(body: RouteIn, s: SessionDep, user: ActorDep, now: NowMsDep) -> RouteOut:
+def create_route(
+    body: RouteIn, s: SessionDep, user: ActorDep, now: NowMsDep, caller: PrincipalDep
+) -> RouteOut:
+    require_site(caller, body.site)
     checked_site(s, body.site)
     route = Route(
         site_id=body.site,
@@ -301,7 +321,7 @@ def create_route(body: RouteIn, s: SessionDep, user: ActorDep, now: NowMsDep) ->
     s.add(route)
     s.flush()
     for i, cp in enumerate(body.checkpoints):
-        if cp.equipment_id is not None and s.get(Equipment, cp.equipment_id) is None:
+        if cp.equipment_id is not None and not _sees_equipment(s, caller, cp.equipment_id):
             raise InvalidError(
                 f"checkpoints[{i}].equipment_id", f"equipment {cp.equipment_id} does not exist"
             )
@@ -360,11 +380,14 @@ def checkpoint_qr(cp_id: Annotated[int, Path(ge=1)], s: SessionDep) -> Response:
 )
 def list_rounds(
     s: SessionDep,
+    caller: PrincipalDep,
     limit: LimitQ = 100,
     route_id: Annotated[int | None, Query(ge=1)] = None,
     state: Literal["scheduled", "done", "partial", "missed"] | None = None,
 ) -> list[RoundOut]:
     q = select(Round).order_by(Round.scheduled_ms.desc(), Round.id.desc()).limit(limit)
+    if caller.sites is not None:
+        q = q.join(Route, Route.id == Round.route_id).where(Route.site_id.in_(sorted(caller.sites)))
     if route_id is not None:
         q = q.where(Round.route_id == route_id)
     if state is not None:
@@ -373,9 +396,11 @@ def list_rounds(
 
 
 @router.post("/rounds", status_code=201, response_model=RoundOut, summary="Schedule a round by hand")
-def create_round(body: RoundIn, s: SessionDep, user: ActorDep, now: NowMsDep) -> RoundOut:
+def create_round(
+    body: RoundIn, s: SessionDep, user: ActorDep, now: NowMsDep, caller: PrincipalDep
+) -> RoundOut:
     route = s.get(Route, body.route_id)
-    if route is None:
+    if route is None or not caller.sees(route.site_id):
         raise InvalidError("route_id", f"route {body.route_id} does not exist")
     rnd = Round(
         route_id=route.id,

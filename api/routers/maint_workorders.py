@@ -9,13 +9,15 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
+from api.auth import Permission, PrincipalDep
 from api.deps import NowMsDep
 from api.routers.maint_assets import checked_site
 from api.routers.maint_common import ERRORS, ActorDep, CursorQ, LimitQ, SessionDep
+from api.security.policy import check_site_filter, refuse_fields, require_site
 from maintenance import core
 from maintenance import workorders as wos
-from maintenance.errors import InvalidError
-from maintenance.models import Audit, Comment, Labour, Part, RejectedEvent, WorkOrder
+from maintenance.errors import InvalidError, NotFoundError
+from maintenance.models import Audit, Comment, Equipment, Labour, Part, RejectedEvent, WorkOrder
 
 router = APIRouter(prefix="/api/v1", tags=["work orders"], responses=ERRORS)
 
@@ -185,6 +187,7 @@ def detail(s: SessionDep, wo: WorkOrder) -> WorkOrderDetail:
 @router.get("/work-orders", summary="Work orders, newest first, with filters", response_model=WorkOrderPage)
 def list_work_orders(
     s: SessionDep,
+    caller: PrincipalDep,
     limit: LimitQ = 50,
     cursor: CursorQ = None,
     state: Annotated[list[StateName] | None, Query(description="One or more states.")] = None,
@@ -198,7 +201,10 @@ def list_work_orders(
     fault: Annotated[str | None, Query(max_length=64)] = None,
     breached: Annotated[bool | None, Query(description="true: an SLA timer was breached.")] = None,
 ) -> WorkOrderPage:
+    check_site_filter(caller, site)
     q = select(WorkOrder)
+    if caller.sites is not None:
+        q = q.where(WorkOrder.site_id.in_(sorted(caller.sites)))
     if cursor is not None:
         q = q.where(WorkOrder.id < cursor)
     if state:
@@ -234,9 +240,21 @@ def list_work_orders(
     summary="Raise a work order by hand (engineer or tenant)",
     response_model=WorkOrderOut,
 )
-def create_work_order(body: WorkOrderIn, s: SessionDep, user: ActorDep, now: NowMsDep) -> WorkOrderOut:
+def create_work_order(
+    body: WorkOrderIn, s: SessionDep, user: ActorDep, now: NowMsDep, caller: PrincipalDep
+) -> WorkOrderOut:
+    # Dispatching (who does the work) is a work-order update: a role that may only raise
+    # orders (operator) may not set it on the way in.
+    refuse_fields(caller, body, {"assignee": Permission.WORKORDER_UPDATE,
+                                 "crew": Permission.WORKORDER_UPDATE})
     if body.site is None and body.equipment_id is None:
         raise InvalidError("site", "is required when no equipment_id is given")
+    if body.site is not None:
+        require_site(caller, body.site)
+    if body.equipment_id is not None:
+        eq = s.get(Equipment, body.equipment_id)
+        if eq is not None and not caller.sees(eq.site_id):
+            raise NotFoundError(f"equipment {body.equipment_id} does not exist")
     site = checked_site(s, body.site) if body.site else None
     wo = wos.create(
         s,

@@ -7,7 +7,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from ingest.store.base import (
+    AgentHealthRecord,
     AgentState,
+    AgentTally,
     Bucket,
     DeadLetter,
     DeviceSeen,
@@ -42,7 +44,9 @@ def open_store(settings: StoreSettings) -> Store:
 
 
 __all__ = [
+    "AgentHealthRecord",
     "AgentState",
+    "AgentTally",
     "Bucket",
     "DeadLetter",
     "DeviceSeen",

@@ -20,7 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import msgspec
+
 from wire import Status, StatusTopic, Telemetry, TelemetryTopic
+from wire.agent import AgentHealth
+from wire.topics import HealthTopic
 
 
 class StoreError(Exception):
@@ -92,6 +96,41 @@ class AgentState:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentHealthRecord:
+    """An agent's latest health report (``wire.agent.AgentHealth``) as stored."""
+
+    site: str
+    agent: str
+    health: AgentHealth
+
+
+class AgentTally(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """One ingest worker's account of one agent since the worker started (ingest.accounting),
+    written every ``accounting_interval_s`` so the API can show it; counters restart at 0
+    with the worker, as Prometheus counters do."""
+
+    site: str
+    agent: str
+    worker: str
+    ts_ms: int  # when the worker wrote it
+    received_messages: int = 0
+    received_readings: int = 0
+    stored_messages: int = 0
+    stored_readings: int = 0
+    duplicates: int = 0
+    dead_letters: dict[str, int] = {}  # by reason code (ingest.validate.Code)
+    gaps_opened: int = 0
+    gaps_dropped: int = 0
+    missing_messages: int = 0  # in the open gaps below
+    # Open sequence gaps of what the whole group received, inclusive; the oldest first, at
+    # most MAX_REPORTED_GAPS (missing_messages counts them all).
+    open_gaps: tuple[tuple[int, int], ...] = ()
+
+
+MAX_REPORTED_GAPS = 100
+
+
+@dataclass(frozen=True, slots=True)
 class Bucket:
     """One step of a series: aggregates of the numeric readings in [ts_ms, ts_ms + step)."""
 
@@ -120,12 +159,24 @@ class Store(Protocol):
     def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         """Keep messages that could not be stored, with their reasons."""
 
+    def write_health(self, topic: HealthTopic, health: AgentHealth) -> None:
+        """Record an agent's health report; the one with the greatest ``ts_ms`` is kept."""
+
+    def write_accounting(self, tallies: Sequence[AgentTally]) -> None:
+        """Replace the given workers' accounts of the given agents (latest ``ts_ms`` wins)."""
+
     # -- reads (API) ----------------------------------------------------------------
     def devices(self) -> list[DeviceSeen]:
         """Every device ever stored, with the agent it last came through."""
 
     def agents(self) -> list[AgentState]:
         """The latest status of every agent that has sent one."""
+
+    def agent_health(self) -> list[AgentHealthRecord]:
+        """The latest health report of every agent that has sent one, by (site, agent)."""
+
+    def accounting(self) -> list[AgentTally]:
+        """The latest account of every (worker, agent), sorted by site, agent, worker."""
 
     def metrics(self, site: str, device: str) -> list[str]:
         """The metric names stored for a device, sorted; empty if the device is unknown."""

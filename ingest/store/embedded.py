@@ -7,9 +7,11 @@ Tables (STRICT, so a value is stored exactly as the type it was given):
     devices(site, device, agent, last_seen_ms)     primary key (site, device)
     agent_status(site, agent, state, ts_ms, boot, reason)
     dead_letters(id, received_ms, topic, payload, reason, code, replayed_ms)
+    agent_health(site, agent, ts_ms, payload)      the latest wire.agent.AgentHealth, as JSON
+    ingest_accounting(worker, site, agent, ts_ms, payload)   the latest AgentTally, as JSON
 
 Schema 2 added ``dead_letters.code`` and ``replayed_ms`` (columns added in place to a
-schema-1 file on open; old letters get code "").
+schema-1 file on open; old letters get code ""). Schema 3 added ``agent_health`` and ``ingest_accounting``.
 
 Invariants:
 - a reading is identified by (site, device, metric, ts_ms): ``INSERT OR REPLACE`` makes a
@@ -42,8 +44,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
+
 from ingest.store.base import (
+    AgentHealthRecord,
     AgentState,
+    AgentTally,
     Bucket,
     DeadLetter,
     DeviceSeen,
@@ -51,10 +57,13 @@ from ingest.store.base import (
     StoreError,
 )
 from ingest.store.lineproto import MAX_INFLUX_TS_MS
-from wire import Status, StatusTopic, Telemetry, TelemetryTopic
+from wire import Status, StatusTopic, Telemetry, TelemetryTopic, encode
+from wire.agent import AgentHealth, decode_health
 from wire.payloads import MAX_PAYLOAD_BYTES
+from wire.topics import HealthTopic
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
+_TALLY_DECODER: Final = msgspec.json.Decoder(AgentTally)
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS series (
   id INTEGER PRIMARY KEY,
@@ -95,6 +104,21 @@ CREATE TABLE IF NOT EXISTS dead_letters (
   reason TEXT NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS dead_letters_by_time ON dead_letters (received_ms, id);
+CREATE TABLE IF NOT EXISTS agent_health (
+  site TEXT NOT NULL,
+  agent TEXT NOT NULL,
+  ts_ms INTEGER NOT NULL,
+  payload BLOB NOT NULL,
+  PRIMARY KEY (site, agent)
+) STRICT;
+CREATE TABLE IF NOT EXISTS ingest_accounting (
+  worker TEXT NOT NULL,
+  site TEXT NOT NULL,
+  agent TEXT NOT NULL,
+  ts_ms INTEGER NOT NULL,
+  payload BLOB NOT NULL,
+  PRIMARY KEY (worker, site, agent)
+) STRICT;
 """
 
 _INSERT_READING: Final = (
@@ -111,6 +135,16 @@ INSERT INTO agent_status (site, agent, state, ts_ms, boot, reason) VALUES (?, ?,
 ON CONFLICT (site, agent) DO UPDATE SET
   state = excluded.state, ts_ms = excluded.ts_ms, boot = excluded.boot, reason = excluded.reason
 WHERE excluded.ts_ms >= agent_status.ts_ms
+"""
+_UPSERT_HEALTH: Final = """
+INSERT INTO agent_health (site, agent, ts_ms, payload) VALUES (?, ?, ?, ?)
+ON CONFLICT (site, agent) DO UPDATE SET ts_ms = excluded.ts_ms, payload = excluded.payload
+WHERE excluded.ts_ms >= agent_health.ts_ms
+"""
+_UPSERT_TALLY: Final = """
+INSERT INTO ingest_accounting (worker, site, agent, ts_ms, payload) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (worker, site, agent) DO UPDATE SET ts_ms = excluded.ts_ms, payload = excluded.payload
+WHERE excluded.ts_ms >= ingest_accounting.ts_ms
 """
 _SERIES: Final = """
 SELECT (r.ts_ms / :step) * :step AS bucket, avg(r.value), min(r.value), max(r.value), count(*)
@@ -293,6 +327,17 @@ class EmbeddedStore:
             conn.execute(_UPSERT_STATUS, (topic.site, topic.agent, status.state, status.ts_ms, status.boot,
                                           status.reason))
 
+    def write_health(self, topic: HealthTopic, health: AgentHealth) -> None:
+        with self._transaction(f"writing the health of {topic.format()}") as conn:
+            conn.execute(_UPSERT_HEALTH, (topic.site, topic.agent, health.ts_ms, encode(health)))
+
+    def write_accounting(self, tallies: Sequence[AgentTally]) -> None:
+        if not tallies:
+            return
+        rows = [(t.worker, t.site, t.agent, t.ts_ms, msgspec.json.encode(t)) for t in tallies]
+        with self._transaction(f"writing {len(rows)} accounting rows") as conn:
+            conn.executemany(_UPSERT_TALLY, rows)
+
     def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         if not letters:
             return
@@ -341,6 +386,17 @@ class EmbeddedStore:
             AgentState(site=str(s), agent=str(a), state=str(st), ts_ms=int(ts), boot=int(b), reason=str(r))
             for s, a, st, ts, b, r in rows
         ]
+
+    def agent_health(self) -> list[AgentHealthRecord]:
+        rows = self._fetch("listing agent health",
+                           "SELECT site, agent, payload FROM agent_health ORDER BY site, agent")
+        return [AgentHealthRecord(site=str(s), agent=str(a), health=decode_health(bytes(p)))
+                for s, a, p in rows]
+
+    def accounting(self) -> list[AgentTally]:
+        rows = self._fetch("listing ingest accounting",
+                           "SELECT payload FROM ingest_accounting ORDER BY site, agent, worker")
+        return [_TALLY_DECODER.decode(bytes(p)) for (p,) in rows]
 
     def metrics(self, site: str, device: str) -> list[str]:
         rows = self._fetch("listing metrics", "SELECT metric FROM series WHERE site = ? AND device = ?",

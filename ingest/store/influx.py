@@ -9,6 +9,10 @@ Schema (one database = the configured bucket):
                                                      time = start of the UTC day of the write
     _vigil_agent_status  tags agent, site            fields state, boot (int), reason
                                                      time = status ts_ms
+    _vigil_agent_health  tags agent, site            fields payload (wire.agent.AgentHealth as JSON)
+                                                     time = the report's ts_ms
+    _vigil_ingest_accounting  tags agent, site, worker  fields payload (ingest.store.AgentTally as JSON)
+                                                     time = start of the UTC day of the write
     _vigil_dead_letter   no tags                     fields code, topic, reason, and payload (UTF-8
                                                      text) or payload_b64 (base64, when not UTF-8);
                                                      replayed_ms (int) merged in when replayed
@@ -72,20 +76,25 @@ from influxdb_client.rest import ApiException
 
 from ingest.store import StoreSettings, lineproto
 from ingest.store.base import (
+    AgentHealthRecord,
     AgentState,
+    AgentTally,
     Bucket,
     DeadLetter,
     DeviceSeen,
     RawReading,
     StoreError,
 )
-from wire import Status, StatusTopic, Telemetry, TelemetryTopic
+from wire import Status, StatusTopic, Telemetry, TelemetryTopic, encode
+from wire.agent import AgentHealth, decode_health
 from wire.payloads import MAX_PAYLOAD_BYTES
+from wire.topics import HealthTopic
 
 log = logging.getLogger(__name__)
 
 DAY_MS: Final = 86_400_000
 INTERNAL_PREFIX: Final = "_vigil_"
+_TALLY_DECODER: Final = msgspec.json.Decoder(AgentTally)
 
 
 # -- InfluxQL quoting ---------------------------------------------------------------------------
@@ -383,6 +392,22 @@ class InfluxStore:
         self._ensure_database()
         self._post(line.encode(), WritePrecision.MS, f"the status of {topic.format()}")
 
+    def write_health(self, topic: HealthTopic, health: AgentHealth) -> None:
+        line = lineproto.health_line(topic.site, topic.agent, encode(health).decode(), health.ts_ms)
+        self._ensure_database()
+        self._post(line.encode(), WritePrecision.MS, f"the health of {topic.format()}")
+
+    def write_accounting(self, tallies: Sequence[AgentTally]) -> None:
+        if not tallies:
+            return
+        # One point per worker and agent per day, overwritten at each write (as _vigil_device):
+        # the API wants the latest account, not a history of them.
+        day = max(t.ts_ms for t in tallies) // DAY_MS * DAY_MS
+        lines = [lineproto.accounting_line(t.site, t.agent, t.worker, msgspec.json.encode(t).decode(), day)
+                 for t in tallies]
+        self._ensure_database()
+        self._post("\n".join(lines).encode(), WritePrecision.MS, f"{len(lines)} accounting points")
+
     def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         if not letters:
             return
@@ -425,6 +450,27 @@ class InfluxStore:
             for row in _rows(s)
         ]
         return sorted(found, key=lambda a: (a.site, a.agent))
+
+    def agent_health(self) -> list[AgentHealthRecord]:
+        series = self._query(
+            f'SELECT "payload" FROM "{INTERNAL_PREFIX}agent_health" '
+            f'GROUP BY "site", "agent" ORDER BY time DESC LIMIT 1'
+        )
+        found = [
+            AgentHealthRecord(site=s.tags.get("site", ""), agent=s.tags.get("agent", ""),
+                              health=decode_health(str(row["payload"]).encode()))
+            for s in series
+            for row in _rows(s)
+        ]
+        return sorted(found, key=lambda a: (a.site, a.agent))
+
+    def accounting(self) -> list[AgentTally]:
+        series = self._query(
+            f'SELECT "payload" FROM "{INTERNAL_PREFIX}ingest_accounting" '
+            f'GROUP BY "site", "agent", "worker" ORDER BY time DESC LIMIT 1'
+        )
+        found = [_TALLY_DECODER.decode(str(row["payload"]).encode()) for s in series for row in _rows(s)]
+        return sorted(found, key=lambda t: (t.site, t.agent, t.worker))
 
     def metrics(self, site: str, device: str) -> list[str]:
         series = self._query(

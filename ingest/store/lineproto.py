@@ -144,6 +144,22 @@ def status_line(site: str, agent: str, state: str, boot: int, reason: str, ts_ms
     )
 
 
+def health_line(site: str, agent: str, payload_json: str, ts_ms: int) -> str:
+    """An agent health report in ``_vigil_agent_health`` (time: the report's ``ts_ms``, ms)."""
+    return (
+        f"_vigil_agent_health,agent={tag_value(agent)},site={tag_value(site)} "
+        f"payload={string_field(payload_json)} {ts_ms}"
+    )
+
+
+def accounting_line(site: str, agent: str, worker: str, payload_json: str, ts_ms: int) -> str:
+    """One worker's account of one agent in ``_vigil_ingest_accounting`` (time in ms)."""
+    return (
+        f"_vigil_ingest_accounting,agent={tag_value(agent)},site={tag_value(site)},"
+        f"worker={tag_value(worker)} payload={string_field(payload_json)} {ts_ms}"
+    )
+
+
 def dead_letter_line(topic: str, payload_field: str, payload: str, reason: str, ts_ns: int,
                      code: str = "") -> str:
     """A dead letter in ``_vigil_dead_letter`` (time in ns; ``payload_field`` names the encoding)."""
