@@ -64,6 +64,7 @@ class _Open:
     clear_metric: str | None = None
     clear_values: list[str] = field(default_factory=list)
     clear_after_s: float | None = None
+    min_hold_s: float = 0.0
     event_held: bool = False
     # the state part: metrics whose state rule is still bad
     bad: list[str] = field(default_factory=list)
@@ -144,6 +145,7 @@ class Judge:
         a.clear_metric = rule.clear_metric
         a.clear_values = list(rule.clear_values)
         a.clear_after_s = rule.clear_after_s
+        a.min_hold_s = rule.min_hold_s
 
     def reading(self, site: str, agent: str | None, device: str, kind: str, metric: str,
                 value: float | bool | str, ts_ms: int) -> list[Emitted]:
@@ -161,7 +163,8 @@ class Judge:
         # the event part of an open anomaly is released by its panel's normal state
         faults = self._open.get((site, device), {})
         for o in faults.values():
-            if o.event_held and o.clear_metric == metric and text in o.clear_values and ts_ms > o.event_ms:
+            if o.event_held and o.clear_metric == metric and text in o.clear_values \
+                    and ts_ms - o.event_ms >= max(1.0, o.min_hold_s * 1000):
                 o.event_held = False
         for rule in self._state_rules(kind, metric):
             a = faults.get(rule.fault)

@@ -81,10 +81,10 @@ class EventRule(BaseModel):
     (fnmatch) match decides. ``anomaly``: it opens one at once, with the event's own
     severity unless ``severity`` is set; repeats while it is open join it. It clears when a
     restoring event arrives (``<event>_restored``, ``_cleared``, ``_normal``, ``_ended``,
-    ``_ok``), when ``clear_metric`` reads one of ``clear_values`` after the event, or when
-    the event has been quiet for ``clear_after_s`` (None: never by time: a fire alarm stays
-    open until the panel says normal). ``ignore``: counted and dropped (the state rules
-    judge it instead). Events less severe than ``min_severity`` (by the event's own
+    ``_ok``), when ``clear_metric`` reads one of ``clear_values`` at least ``min_hold_s``
+    after the event, or when the event has been quiet for ``clear_after_s`` (None: never by
+    time: a fire alarm stays open until the panel says normal). ``ignore``: counted and
+    dropped (the state rules judge it instead). Events less severe than ``min_severity`` (by the event's own
     severity) are ignored too: an access panel's ``info`` events are its normal traffic."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -97,6 +97,10 @@ class EventRule(BaseModel):
     fault: str | None = None  # the anomaly's fault name; default the event kind
     clear_metric: str | None = None
     clear_values: tuple[str, ...] = ()
+    # A panel's normal state releases the event only this long after its last occurrence: a
+    # forced door that is secured again a second later must still reach a person on the
+    # console (access-control systems latch such alarms); a restoring event releases it at once.
+    min_hold_s: float = Field(300.0, ge=0)
     clear_after_s: float | None = Field(900.0, ge=0)
 
     @model_validator(mode="after")

@@ -465,3 +465,14 @@ __all__ = [
     "start_influx",
     "start_mosquitto",
 ]
+
+
+def wait_until(cond: Callable[[], object], timeout_s: float = 10.0, what: str = "condition") -> bool:
+    """Poll ``cond`` every 50 ms; True once it holds, AssertionError naming ``what`` after
+    ``timeout_s`` (so a test that waits never passes by timing out)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")

@@ -26,9 +26,9 @@ from alerting.settings import AlertingSettings
 from api.main import create_app
 from api.settings import ApiSettings
 from ingest.store import StoreSettings
-from tests.services import auth_headers, fresh_database
+from tests.services import auth_headers, fresh_database, wait_until
 from tests.test_alerting_delivery import HttpReceiver, http_receiver
-from tests.test_ingest import purge_session, wait_until
+from tests.test_ingest import purge_session
 from wire import MqttSettings, Reading, Status, StatusTopic, Telemetry, TelemetryTopic, encode
 from wire.anomaly import Anomaly
 from wire.mqtt import make_client

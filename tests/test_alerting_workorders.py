@@ -14,6 +14,7 @@ from alerting import tables
 from alerting.engine import Engine as AlertEngine
 from alerting.engine import Notify
 from alerting.workorders import DeviceChange, WorkOrderBoard
+from tests.services import wait_until
 from tests.test_alerting_core import T0, alert, config
 from tests.test_alerting_delivery import HttpReceiver
 from tests.test_alerting_service import (
@@ -25,7 +26,7 @@ from tests.test_alerting_service import (
     publisher,
     start_service,
 )
-from tests.test_ingest import purge_session, wait_until
+from tests.test_ingest import purge_session
 from wire import MqttSettings
 from wire.topics import AlarmTopic
 from wire.workorder import WorkOrderState, WorkOrderUpdate, encode_workorder_update, workorder_topic

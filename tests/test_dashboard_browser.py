@@ -299,6 +299,46 @@ def test_desktop_control_room(demo: Demo, browser: object) -> None:
     context.close()
 
 
+def test_a_door_forced_at_the_device_reaches_the_console_live(demo: Demo, browser: object) -> None:
+    """The whole path, no shortcut: the door controller's event on the bus -> analytics judges it
+    -> an anomaly on the alarm topic -> the API's stream -> the open console, without a reload."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from playwright.sync_api import Browser, expect
+
+    from wire import Event, EventTopic, encode
+
+    assert isinstance(browser, Browser)
+    web = httpx.Client(base_url=demo.url, timeout=5)
+    web.post("/api/v1/auth/login", json={"user": USER, "password": PASSWORD}).raise_for_status()
+    ledger = web.get("/api/v1/equipment").json()["equipment"]
+    door = next(e for e in ledger if e["kind"] == "door")
+    agents = {d["device"]: d for d in web.get("/api/v1/devices").json()["devices"]}
+    agent = agents[door["code"]]["agent"]
+    context = browser.new_context(viewport={"width": 1366, "height": 900})
+    page = context.new_page()
+    login(page, demo, "/alarms")
+    expect(page.locator("#count")).to_be_visible()
+    page.evaluate("window.__notReloaded = true")
+    now = time.time_ns() // 1_000_000
+    forced = Event(v=1, seq=1_000_000, ts_ms=now, kind="door_forced", severity="major",
+                   message="door forced open (no valid badge)")
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"test-door-{now}")
+    client.connect("127.0.0.1", demo.mqtt_port)
+    client.loop_start()
+    try:
+        client.publish(EventTopic(agents[door["code"]]["site"], agent, door["code"]).format(), encode(forced),
+                       qos=1).wait_for_publish(5)
+    finally:
+        client.loop_stop()
+    card = page.locator(".alarm", has_text=door["code"])
+    expect(card.first).to_be_visible(timeout=15_000)
+    expect(card.first).to_contain_text("forced")
+    assert page.evaluate("window.__notReloaded") is True, "the page reloaded instead of updating live"
+    shot(page, "desktop-door-forced-live")
+    context.close()
+
+
 def test_phone_alarm_ack_and_work_order(demo: Demo, browser: object) -> None:
     from playwright.sync_api import Browser
 

@@ -13,8 +13,8 @@ from api.main import create_app
 from api.settings import ApiSettings
 from ingest.service import IngestService
 from ingest.store import Store, StoreSettings
-from tests.services import auth_headers
-from tests.test_ingest import publisher, purge_session, start_ingest, store, store_settings, wait_until
+from tests.services import auth_headers, wait_until
+from tests.test_ingest import publisher, purge_session, start_ingest, store, store_settings
 from vigil.cli import main
 from wire import MqttSettings, Reading, Telemetry, TelemetryTopic, encode
 

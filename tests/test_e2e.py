@@ -22,8 +22,8 @@ from api.main import create_app
 from api.settings import ApiSettings
 from ingest.store import StoreSettings, open_store
 from simulators.fleet import Recorder, build_fleet, plan_fleet
-from tests.services import auth_headers
-from tests.test_ingest import purge_session, start_ingest, wait_until
+from tests.services import auth_headers, wait_until
+from tests.test_ingest import purge_session, start_ingest
 from wire import MqttSettings, StatusTopic, parse_topic
 from wire.mqtt import make_client
 

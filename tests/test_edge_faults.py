@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from edge.config import parse_config
 from edge.drivers import DRIVERS, DriverSpec
 from edge.drivers.isolated import IsolatedDriver
 from edge.runtime import AgentRuntime, Scheduler, build_drivers, poll_plans, wall_ms
-from tests.services import InfluxServer, free_port, start_mosquitto
+from tests.services import InfluxServer, free_port, start_mosquitto, wait_until
 from tests.test_ingest_faults import worker
 from wire import MqttSettings, Reading, decode_telemetry
 from wire.agent import AgentHealth, decode_health
@@ -76,14 +76,6 @@ def write_config(
         ]
     path.write_text("\n".join(lines) + "\n" + extra)
     return path
-
-
-def wait_until(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.2)
 
 
 def outbox_query(path: Path, sql: str) -> int:

@@ -20,7 +20,7 @@ from edge.runtime import AgentRuntime, Scheduler
 from simulators.fleet import Progress, Recorder, SimClock, build_fleet, percentile, plan_fleet
 from simulators.runner import run
 from simulators.settings import SimSettings
-from tests.services import MosquittoFactory
+from tests.services import MosquittoFactory, wait_until
 from wire import (
     EventTopic,
     MqttSettings,
@@ -110,15 +110,6 @@ def clear_retained_statuses(settings: MqttSettings, site: str) -> None:
         cleaner.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
     cleaner.disconnect()
     cleaner.loop_stop()
-
-
-def wait_until(cond: object, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_security_and_life_safety_faults_reach_the_bus_as_events_with_ground_truth(

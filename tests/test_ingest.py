@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -13,20 +13,12 @@ import pytest
 from ingest.service import IngestService
 from ingest.settings import IngestSettings
 from ingest.store import Store, StoreSettings, open_store
+from tests.services import wait_until
 from wire import MqttSettings, Reading, Status, StatusTopic, Telemetry, TelemetryTopic, encode
 from wire.mqtt import make_client
 
 # Recent, so readings fall inside ingest's default time window (ts_max_age_s).
 T0 = (int(time.time()) - 3600) * 1000
-
-
-def wait_until(cond: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def purge_session(settings: MqttSettings, client_id: str) -> None:

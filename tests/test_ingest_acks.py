@@ -12,7 +12,8 @@ import pytest
 from ingest.acks import build_acks, seq_of, to_ranges
 from ingest.service import IngestService
 from ingest.store import Store, StoreSettings, open_store
-from tests.test_ingest import _telemetry, publisher, purge_session, start_ingest, wait_until
+from tests.services import wait_until
+from tests.test_ingest import _telemetry, publisher, purge_session, start_ingest
 from wire import MqttSettings, TelemetryTopic, encode
 from wire.agent import MAX_ACK_RANGES, Ack, decode_ack
 from wire.mqtt import make_client

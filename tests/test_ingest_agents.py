@@ -12,7 +12,8 @@ from ingest.births import Births
 from ingest.service import IngestService
 from ingest.store import Store, StoreSettings, open_store
 from ingest.validate import Code
-from tests.test_ingest import _telemetry, publisher, purge_session, start_ingest, wait_until
+from tests.services import wait_until
+from tests.test_ingest import _telemetry, publisher, purge_session, start_ingest
 from wire import MqttSettings, Status, StatusTopic, TelemetryTopic, encode
 from wire.agent import AgentHealth, DeviceHealth
 from wire.topics import HealthTopic

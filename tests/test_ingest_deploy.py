@@ -12,8 +12,8 @@ import uuid
 from pathlib import Path
 
 from ingest.store import StoreSettings, open_store
-from tests.services import MosquittoFactory, MosquittoHandle
-from tests.test_ingest import T0, purge_session, start_ingest, wait_until
+from tests.services import MosquittoFactory, MosquittoHandle, wait_until
+from tests.test_ingest import T0, purge_session, start_ingest
 from wire import MqttSettings, Reading, Telemetry, TelemetryTopic, encode
 from wire.mqtt import make_client
 

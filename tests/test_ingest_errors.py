@@ -19,8 +19,8 @@ import pytest
 
 from ingest.store import DeadLetter, Store, StoreSettings, open_store
 from ingest.store.influx import InfluxStore
-from tests.services import InfluxServer
-from tests.test_ingest import T0, publisher, purge_session, start_ingest, wait_until
+from tests.services import InfluxServer, wait_until
+from tests.test_ingest import T0, publisher, purge_session, start_ingest
 from wire import MqttSettings, Reading, Telemetry, TelemetryTopic, encode
 
 __all__ = ["publisher"]  # the fixture, re-used

@@ -29,8 +29,8 @@ import pytest
 
 from ingest.service import IngestService
 from ingest.store import StoreSettings, open_store
-from tests.services import INFLUXD, InfluxServer, MosquittoFactory, port_open, start_influx
-from tests.test_ingest import purge_session, start_ingest, wait_until
+from tests.services import INFLUXD, InfluxServer, MosquittoFactory, port_open, start_influx, wait_until
+from tests.test_ingest import purge_session, start_ingest
 from tests.test_ingest_deploy import deploy_broker
 from tests.test_ingest_validate import bad_messages
 from wire import MqttSettings, Reading, Telemetry, TelemetryTopic, encode

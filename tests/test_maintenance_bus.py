@@ -22,7 +22,8 @@ from maintenance.models import AnomalyEvent, Equipment, PmSchedule, RejectedEven
 from maintenance.service import MaintenanceService
 from maintenance.settings import MaintenanceSettings
 from tests import test_maintenance_support as support
-from tests.test_ingest import purge_session, wait_until
+from tests.services import wait_until
+from tests.test_ingest import purge_session
 from tests.test_maintenance_support import T0, anomaly, payload
 from wire import AlarmTopic, MqttSettings, Reading, Telemetry, TelemetryTopic, encode
 from wire.anomaly import AnomalyState

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import ClassVar, Final
 
 from wire.errors import WireError
 
@@ -53,7 +53,10 @@ def _check_device(value: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class StatusTopic:
+class _AgentLevel:
+    """A topic one level under an agent: ``vigil/v1/{site}/{agent}/{LEAF}``."""
+
+    LEAF: ClassVar[str]
     site: str
     agent: str
 
@@ -62,7 +65,14 @@ class StatusTopic:
         check_id("agent", self.agent)
 
     def format(self) -> str:
-        return f"{PREFIX}/{self.site}/{self.agent}/status"
+        return f"{PREFIX}/{self.site}/{self.agent}/{self.LEAF}"
+
+
+@dataclass(frozen=True, slots=True)
+class StatusTopic(_AgentLevel):
+    """An agent's retained presence (wire.Status)."""
+
+    LEAF: ClassVar[str] = "status"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,33 +134,17 @@ class AlarmTopic:
 
 
 @dataclass(frozen=True, slots=True)
-class AckTopic:
+class AckTopic(_AgentLevel):
     """Where ingest tells one agent which of its messages are durably stored (wire.agent.Ack)."""
 
-    site: str
-    agent: str
-
-    def __post_init__(self) -> None:
-        check_id("site", self.site)
-        check_id("agent", self.agent)
-
-    def format(self) -> str:
-        return f"{PREFIX}/{self.site}/{self.agent}/ack"
+    LEAF: ClassVar[str] = "ack"
 
 
 @dataclass(frozen=True, slots=True)
-class HealthTopic:
+class HealthTopic(_AgentLevel):
     """Where an agent reports its own health (wire.agent.AgentHealth), retained."""
 
-    site: str
-    agent: str
-
-    def __post_init__(self) -> None:
-        check_id("site", self.site)
-        check_id("agent", self.agent)
-
-    def format(self) -> str:
-        return f"{PREFIX}/{self.site}/{self.agent}/health"
+    LEAF: ClassVar[str] = "health"
 
 
 Topic = StatusTopic | TelemetryTopic | EventTopic | CommandTopic | AlarmTopic | AckTopic | HealthTopic
@@ -158,9 +152,7 @@ Topic = StatusTopic | TelemetryTopic | EventTopic | CommandTopic | AlarmTopic | 
 
 # The topics one level under an agent: vigil/v1/{site}/{agent}/{leaf}.
 _AGENT_TOPICS: Final[dict[str, type[StatusTopic | AckTopic | HealthTopic]]] = {
-    "status": StatusTopic,
-    "ack": AckTopic,
-    "health": HealthTopic,
+    t.LEAF: t for t in (StatusTopic, AckTopic, HealthTopic)
 }
 
 

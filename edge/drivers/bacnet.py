@@ -43,6 +43,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -222,23 +223,8 @@ class BacnetDriver:
         return out
 
     def _report(self, i: int, value: Any, now_ms: int) -> tuple[Reading | None, bool]:
-        p = self.options.points[i]
-        was_failing = self.reporter.is_failing(i)
-        try:
-            try:
-                raw = _raw(value)
-            except PointError:
-                self.reporter.failed(i, now_ms)
-                raise
-            reading = self.reporter.report(i, raw, now_ms)
-        except PointError as e:
-            if not was_failing:
-                log.warning("device %s: point %s (%s): %s (logged again when it recovers)",
-                            self.name, p.metric, p.object, e)
-            return None, False
-        if was_failing:
-            log.info("device %s: point %s recovered", self.name, p.metric)
-        return reading, True
+        where = str(self.options.points[i].object)
+        return self.reporter.read_point(i, partial(_raw, value), now_ms, device=self.name, where=where)
 
     def _drain(self) -> list[Reading]:
         with self._lock:

@@ -33,6 +33,7 @@ import logging
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -218,17 +219,9 @@ class ModbusDriver:
                                     self.name, points[i].metric, e)
                 continue
             for i in block.points:
-                p = points[i]
-                was_failing = self.reporter.is_failing(i)
-                try:
-                    reading = self.reporter.report(i, self._value(p, block, values), now_ms)
-                except PointError as e:
-                    failed += 1
-                    if not was_failing:
-                        log.warning("device %s: %s (logged again when it recovers)", self.name, e)
-                    continue
-                if was_failing:
-                    log.info("device %s: point %s recovered", self.name, p.metric)
+                raw = partial(self._value, points[i], block, values)
+                reading, ok = self.reporter.read_point(i, raw, now_ms, device=self.name)
+                failed += not ok
                 if reading is not None:
                     out.append(reading)
         if due and failed == len(due):

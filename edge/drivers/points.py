@@ -28,8 +28,9 @@ Invariants:
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,6 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from edge.errors import DriverError
 from wire import Reading
 from wire.payloads import METRIC_PATTERN, Quality
+
+log = logging.getLogger(__name__)
 
 Raw = int | float | bool | str | bytes
 Value = float | bool | str
@@ -213,6 +216,33 @@ class PointReporter:
         s.last_value = value
         s.last_report_ms = now_ms
         return Reading(ts_ms=now_ms, metric=p.metric, value=value, unit=p.unit, quality=quality)
+
+    def read_point(
+        self, index: int, raw: Callable[[], Raw], now_ms: int, *, device: str, where: str = ""
+    ) -> tuple[Reading | None, bool]:
+        """Report one point whose raw value ``raw()`` gives (it raises PointError when the device
+        answered an error for it): ``(reading or None, whether the point was read)``.
+
+        One place for every protocol to log a point's failure once when it starts and once
+        when it recovers, so a refused point never floods the log at every poll."""
+        p = self.points[index]
+        was_failing = self.is_failing(index)
+        try:
+            try:
+                value = raw()
+            except PointError:
+                self.failed(index, now_ms)
+                raise
+            reading = self.report(index, value, now_ms)  # marks the point failed itself
+        except PointError as e:
+            if not was_failing:
+                at = f" ({where})" if where else ""
+                log.warning("device %s: point %s%s: %s (logged again when it recovers)",
+                            device, p.metric, at, e)
+            return None, False
+        if was_failing:
+            log.info("device %s: point %s recovered", device, p.metric)
+        return reading, True
 
     def failed(self, index: int, now_ms: int) -> bool:
         """Record that a point could not be read; True when it was fine before (log it)."""

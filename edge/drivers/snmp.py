@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, Literal
 
 from pyasn1.type import univ
@@ -225,23 +226,8 @@ class SnmpDriver:
         return out
 
     def _report(self, i: int, value: Any, now_ms: int) -> tuple[Reading | None, bool]:
-        p = self.options.points[i]
-        was_failing = self.reporter.is_failing(i)
-        try:
-            try:
-                raw = _raw(value)
-            except PointError:
-                self.reporter.failed(i, now_ms)
-                raise
-            reading = self.reporter.report(i, raw, now_ms)  # marks the point failed itself
-        except PointError as e:
-            if not was_failing:
-                log.warning("device %s: point %s (%s): %s (logged again when it recovers)",
-                            self.name, p.metric, p.oid, e)
-            return None, False
-        if was_failing:
-            log.info("device %s: point %s recovered", self.name, p.metric)
-        return reading, True
+        where = str(self.options.points[i].oid)
+        return self.reporter.read_point(i, partial(_raw, value), now_ms, device=self.name, where=where)
 
     async def _get(self, oids: list[str]) -> list[Any]:
         error, status, index, var_binds = await hl.get_cmd(
