@@ -408,13 +408,9 @@ def _unsupported(response: Any) -> bool:
     return any(k in text for k in ("unrecognized-service", "service-request-denied", "unsupported"))
 
 
-def _create(device: DeviceInfo, options: BacnetOptions) -> BacnetDriver:
-    return BacnetDriver(device, options)
-
-
 SPEC: DriverSpec[BacnetOptions] = DriverSpec(
     options=BacnetOptions,
-    create=_create,
+    create=BacnetDriver,
     summary="BACnet/IP present-values by ReadPropertyMultiple and COV (bacpypes3)",
 )
 

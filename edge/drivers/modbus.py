@@ -273,13 +273,9 @@ class ModbusDriver:
         return decode_registers(words, p.data_type, byte_order, word_order)
 
 
-def _create(device: DeviceInfo, options: ModbusOptions) -> ModbusDriver:
-    return ModbusDriver(device, options)
-
-
 SPEC: DriverSpec[ModbusOptions] = DriverSpec(
     options=ModbusOptions,
-    create=_create,
+    create=ModbusDriver,
     summary="Modbus TCP registers, coils and discrete inputs (pymodbus)",
 )
 

@@ -248,13 +248,9 @@ class SnmpDriver:
         return [vb[1] for vb in var_binds]
 
 
-def _create(device: DeviceInfo, options: SnmpOptions) -> SnmpDriver:
-    return SnmpDriver(device, options)
-
-
 SPEC: DriverSpec[SnmpOptions] = DriverSpec(
     options=SnmpOptions,
-    create=_create,
+    create=SnmpDriver,
     summary="SNMP v2c/v3 GET of numeric OIDs (pysnmp)",
 )
 
