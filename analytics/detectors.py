@@ -184,13 +184,21 @@ class Baseline:
         sd = np.maximum(np.sqrt(var), self.cfg.rel_sd_floor * np.abs(mean) + 1e-9)
         return mean, sd, seasonal, bucket
 
-    def _z(self, b: Batch) -> F64:
-        mean, sd, _, _ = self._expected(b)
-        return np.abs(b.x - mean) / sd
+    def deviations(self, b: Batch) -> tuple[F64, B]:
+        """(signed deviations from the expected value in sd, of this hour where the season is
+        used; whether that expectation is the reading's own: False where a seasonal series
+        borrows the weekday's hour for its first weekend, or the other way round). Judged by
+        the state before ``b`` is learnt; ``shift`` builds on them."""
+        seen: tuple[Batch, F64, B] | None = self.__dict__.get("_seen")
+        if seen is not None and seen[0] is b:
+            return seen[1], seen[2]
+        mean, sd, seasonal, bucket = self._expected(b)
+        return (b.x - mean) / sd, ~seasonal | (bucket == self._bucket(b.ts))
 
     def score(self, b: Batch) -> F64:
-        z = self._z(b)
-        self._seen: tuple[Batch, F64] = (b, z)  # learn() needs the same deviations: computed once
+        signed, own = self.deviations(b)
+        self._seen: tuple[Batch, F64, B] = (b, signed, own)  # for learn() and shift: computed once
+        z = np.abs(signed)
         z_eff = z * (self.cfg.z_fire / self._zlim[b.sid])
         return np.where(self._n[b.sid] >= self.cfg.warmup_readings, z_score(z_eff, self.cfg.z_fire), 0.0)
 
@@ -210,8 +218,8 @@ class Baseline:
         i, x = b.sid, b.x
         n = self._n[i]
         weight = np.where(healthy, 1.0, self.UNHEALTHY_WEIGHT)
-        seen: tuple[Batch, F64] | None = self.__dict__.pop("_seen", None)
-        z = seen[1] if seen is not None and seen[0] is b else self._z(b)
+        z = np.abs(self.deviations(b)[0])
+        self.__dict__.pop("_seen", None)
         lim = self._zlim[i]
         # an excursion lasts until the deviation falls below half the limit (hysteresis), so
         # a fault hovering around the limit is one excursion, not many

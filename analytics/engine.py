@@ -15,8 +15,8 @@ Fusion (per device, so one fault gives one anomaly, not a storm):
 - while a device has an open anomaly, further firing metrics and detectors join it and an
   ``updated`` event is sent when the set grows or the severity rises (at most once per
   ``update_min_s`` unless the severity rises);
-- it clears when the device has had ``clear_readings`` readings and ``clear_after_s``
-  without anything firing.
+- it clears when the device has had ``clear_readings`` readings and ``clear_after_s`` (or
+  ``clear_after_intervals`` of its usual interval, if that is shorter) without anything firing.
 
 Invariants:
 - a batch is split into rounds in which each series appears once, in time order, so every
@@ -117,6 +117,11 @@ class Engine:
         self.cfg = cfg
         self.detectors: list[Detector] = [cls(cfg) for cls in DETECTORS.values()]  # type: ignore[call-arg]
         self._names = list(DETECTORS)
+        # a detector that builds on another's state (shift on baseline) is handed the others
+        for d in self.detectors:
+            link = getattr(d, "link", None)
+            if link is not None:
+                link(dict(zip(self._names, self.detectors, strict=True)))
         # how much one firing reading of each detector counts towards opening an anomaly: a
         # detector whose score already summarises many readings (EVIDENCE 2) opens at once
         self._evidence = np.array([float(getattr(cls, "EVIDENCE", 1.0)) for cls in DETECTORS.values()])
@@ -375,7 +380,8 @@ class Engine:
         for did in list(self._open):
             a = self._open[did]
             last = int(self._dlast[did])
-            if self._dok[did] >= self.cfg.clear_readings and last - a.last_fire_ms >= ms:
+            quiet_ms = min(ms, self.cfg.clear_after_intervals * float(self._dinterval[did]))
+            if self._dok[did] >= self.cfg.clear_readings and last - a.last_fire_ms >= quiet_ms:
                 del self._open[did]
                 # a statistical anomaly that just cleared does not reopen for REARM_READINGS
                 # usual intervals (ISA-18.2's re-alarm suppression against chattering): a

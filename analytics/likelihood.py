@@ -15,9 +15,9 @@ recent prediction errors against their long-run distribution:
 3. short-term surprise: EW mean of the error over ~``1/SHORT`` readings;
 4. likelihood: how many long-run sd (EW over ~``1/LONG`` readings) the short-term surprise
    lies above its long-run mean;
-5. it fires when that reaches ``L_FIRE``, **once**, then stays quiet for ``REFRACTORY``
-   readings: one regime change is one finding, not a storm (NAB and operators alike
-   charge every repeated alarm).
+5. it fires when that reaches ``surprise_limit``, **once**, then stays quiet for
+   ``surprise_refractory_readings`` readings: one regime change is one finding, not a
+   storm (NAB and operators alike charge every repeated alarm).
 
 Everything learns from every reading (healthy or not): the point is to notice a change,
 then accept it as the new normal, as HTM does.
@@ -63,14 +63,6 @@ class Surprise:
     SEASON_GAIN: ClassVar[float] = 0.5
     RESIDUAL: ClassVar[float] = 0.01  # EW memory of the two predictors' squared errors
     ERR_CAP: ClassVar[float] = 20.0
-    # its usual must cover a day (the daily cycle, the 8 a.m. start) and enough readings
-    # before it may fire; HTM holds its likelihood back for a probation period likewise
-    WARMUP: ClassVar[int] = 300
-    WARMUP_MS: ClassVar[int] = DAY_MS
-    # long-run sd of surprise at which it fires: on white noise about once in 15,000
-    # readings, on heavy-tailed (Student t3) noise once in 2,000 (tests measure both)
-    L_FIRE: ClassVar[float] = 3.5
-    REFRACTORY: ClassVar[int] = 100  # readings of silence after firing
     COUNTER_MEMORY: ClassVar[float] = 0.001
     COUNTER_DOWN: ClassVar[float] = 0.002  # goes down less often than this: a counter
 
@@ -125,7 +117,8 @@ class Surprise:
         z = np.where(self._n[i] >= 10, np.log1p(np.minimum(z, self.ERR_CAP)), 0.0)
         short = self._short[i] + self.SHORT * (z - self._short[i])
         lik = (short - self._lmean[i]) / np.maximum(np.sqrt(self._lvar[i]), 1e-6)
-        ready = (self._n[i] >= self.WARMUP) & (b.ts - self._first[i] >= self.WARMUP_MS)
+        ready = (self._n[i] >= self.cfg.surprise_warmup_readings) & (
+            b.ts - self._first[i] >= self.cfg.surprise_warmup_s * 1000)
         # a counter (running hours, energy, trips) never goes down: its level always lags
         # and every change of pace (the pump stops) would look like a change of behaviour;
         # its meaning is in its rate, which the sensor-health detectors and rules judge
@@ -135,7 +128,7 @@ class Surprise:
 
     def score(self, b: Batch) -> F64:
         lik = self._step(b)[0]
-        s = lik / (lik + self.L_FIRE)
+        s = lik / (lik + self.cfg.surprise_limit)
         return np.where(self._quiet[b.sid] > 0, np.minimum(s, 0.49), s)
 
     def describe(self, sid: int, x: float, ts: int) -> Finding:
@@ -151,8 +144,9 @@ class Surprise:
     def learn(self, b: Batch, healthy: B) -> None:
         i, x = b.sid, b.x
         lik, err, short, _, own = self._step(b)
-        fired = (lik >= self.L_FIRE) & (self._quiet[i] == 0)
-        self._quiet[i] = np.where(fired, self.REFRACTORY, np.maximum(self._quiet[i] - 1, 0))
+        fired = (lik >= self.cfg.surprise_limit) & (self._quiet[i] == 0)
+        self._quiet[i] = np.where(fired, self.cfg.surprise_refractory_readings,
+                                  np.maximum(self._quiet[i] - 1, 0))
         n = self._n[i]
         first = n == 0
         # running means until there are 1/rate readings, EW after: unbiased from the start

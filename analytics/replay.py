@@ -126,9 +126,22 @@ def replay_files(paths: list[Path], fmt: str,
     return out
 
 
+def protocol(fmt: str, cfg: DetectSettings) -> DetectSettings:
+    """The configuration a format's protocol implies, the same for each of its files.
+
+    SKAB's recordings last 20 minutes at 1 s, and their first 400 rows are the training
+    part: ``shift``'s day of warm-up (there so a building's daily rhythm is learnt first)
+    gives way to its 400 readings, which are exactly that part. ``surprise`` and the models
+    keep theirs (a day; 500 rows): their long-run figures cannot be learnt from 400 rows."""
+    if fmt == "skab":
+        return cfg.model_copy(update={"shift_warmup_s": 0.0})
+    return cfg
+
+
 def replay(input_path: Path, fmt: str, output: Path, cfg: DetectSettings) -> list[Path]:
     if fmt not in ("nab", "skab"):
         raise AnalyticsError(f"format {fmt!r} is not nab or skab")
+    cfg = protocol(fmt, cfg)
     if input_path.is_file():
         files, root = [input_path], input_path.parent
     elif input_path.is_dir():

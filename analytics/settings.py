@@ -188,6 +188,24 @@ class DetectSettings(BaseModel):
     seasonal_min_days: float = Field(2.0, ge=0)  # a season bucket is used after this much history
     seasonal_min_count: int = Field(8, ge=1)
     utc_offset_h: float = Field(0.0, ge=-14, le=14)  # local time of the sites, for time of day
+    # a lasting shift of a series' average (analytics.shift: an EWMA control chart)
+    shift_lambda: float = Field(0.1, gt=0, le=1)  # weight of the newest reading in the chart
+    shift_limit: float = Field(4.0, gt=0)  # the chart's own healthy sd at which it fires
+    # it arms after this many readings and this much time: a day, so its own spread has seen
+    # the daily rhythm before the baseline knows it (the 8 a.m. start is no shift)
+    shift_warmup_readings: int = Field(400, ge=2)
+    shift_warmup_s: float = Field(86_400.0, ge=0)
+    shift_z_clip: float = Field(3.0, gt=0)  # one reading moves the chart by at most λ x this
+    shift_min_sd: float = Field(0.0, ge=0)  # ...and the shift is at least this many sd of a reading
+    # a change of behaviour (analytics.likelihood): the long-run sd of surprise at which it
+    # fires; on white noise about once in 15,000 readings at 3.5, on heavy-tailed (Student t3)
+    # noise once in 2,000 (tests measure both)
+    surprise_limit: float = Field(3.5, gt=0)
+    surprise_refractory_readings: int = Field(100, ge=0, le=30_000)  # silence after firing
+    # its usual must cover a day (the daily cycle, the 8 a.m. start) and enough readings
+    # before it may fire; HTM holds its likelihood back for a probation period likewise
+    surprise_warmup_readings: int = Field(300, ge=2)
+    surprise_warmup_s: float = Field(86_400.0, ge=0)
     # sensor health
     stuck_readings: int = Field(12, ge=2)
     stuck_min_s: float = Field(300.0, ge=0)
@@ -199,7 +217,10 @@ class DetectSettings(BaseModel):
     rules: tuple[Rule, ...] = DEFAULT_RULES
     # fusion
     open_evidence: float = Field(1.0, gt=0)  # summed scores of consecutive firing readings
+    # an anomaly clears after clear_readings quiet readings and clear_after_s, or sooner, after
+    # clear_after_intervals of the device's usual interval: 2 min is 120 readings of a 1-s stream
     clear_after_s: float = Field(120.0, ge=0)
+    clear_after_intervals: float = Field(10.0, ge=0)
     clear_readings: int = Field(3, ge=1)
     update_min_s: float = Field(60.0, ge=0)
     # multivariate models

@@ -103,6 +103,11 @@ def main() -> None:
     print(format_report(report))
     print(f"anomalies during the fault-free warm-up (all false): {warmup_false}: "
           f"{', '.join(f'{k} {n}' for k, n in early.most_common(8))}")
+    matched = {aid for aid, _ in report.matches}
+    false = collections.Counter(f"{a.kind}/{a.fault}" for _, _, a in found
+                                if a.state == "open" and a.id not in matched)
+    print(f"anomalies that match no injected fault: {sum(false.values())}: "
+          f"{', '.join(f'{k} {n}' for k, n in false.most_common(10))}")
     out = report_json(report)
     total = out["all"]
     ttd = list(total["ttd_s"])

@@ -57,10 +57,9 @@ def main() -> None:
                 out[f"nab_{profile}"] = round(float(r["score"]), 2)
             out["nab_replay_s"] = round(replay_s, 1)
         if args.only in (None, "skab"):
-            # SKAB's recordings last 20 minutes: the fleet's day of history before a first model
-            # fit becomes the 400 training rows SKAB gives every detector (same for all files)
+            # the defaults, as `vigil analytics replay --format skab` runs them (analytics.replay.protocol)
             run([*vigil, str(args.data / "skab-dev" / "data" / "valve1"), "--format", "skab", "--output",
-                 str(base / "skab" / "valve1")], {"VIGIL_ANALYTICS_DETECT__MODEL_MIN_SPAN_S": "300"})
+                 str(base / "skab" / "valve1")])
             run([*score, "--bench", "skab", "--data-root", str(args.data / "skab-dev"), "--detections",
                  str(base / "skab"), "--json", str(base / "skab.json")])
             s = json.loads((base / "skab.json").read_text())

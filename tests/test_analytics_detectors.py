@@ -1,19 +1,22 @@
 """The streaming detectors on their own and in the engine's fusion: the anomaly-likelihood
-detector (``Surprise``), the baseline's self-calibrating limit, re-alarm suppression, and
-the replay's shared engine for single-series files (no labels, no look-ahead)."""
+detector (``Surprise``), the EWMA chart (``Shift``), the baseline's self-calibrating limit,
+re-alarm suppression, and the replay's shared engine for single-series files (no labels,
+no look-ahead) and SKAB's protocol."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 
 from analytics.detectors import Baseline, Batch
-from analytics.engine import Engine
+from analytics.engine import Emitted, Engine
 from analytics.likelihood import Surprise
 from analytics.registry import DETECTORS
-from analytics.replay import replay_files
+from analytics.replay import protocol, replay_files
 from analytics.settings import DetectSettings
+from analytics.shift import Shift
 
 T0 = 1_795_000_000_000
 MIN = 60_000
@@ -32,7 +35,8 @@ def run(det: Surprise | Baseline, x: np.ndarray, step_ms: int = 5 * MIN, start: 
 
 
 def test_registry_order_explains_by_rules_then_sensors_then_statistics() -> None:
-    assert list(DETECTORS) == ["threshold", "range", "stuck", "spike", "noisy", "baseline", "surprise"]
+    assert list(DETECTORS) == ["threshold", "range", "stuck", "spike", "noisy", "baseline", "shift",
+                               "surprise"]
 
 
 def test_surprise_fires_once_on_a_change_of_behaviour_then_learns_it() -> None:
@@ -46,7 +50,7 @@ def test_surprise_fires_once_on_a_change_of_behaviour_then_learns_it() -> None:
     fired = np.flatnonzero(s >= 0.5)
     assert len(fired) >= 1 and change <= fired[0] <= change + 20
     # once per regime change: the refractory period, then the new spread is the usual one
-    assert len(fired) <= 3 and np.all(np.diff(fired) > Surprise.REFRACTORY)
+    assert len(fired) <= 3 and np.all(np.diff(fired) > DetectSettings().surprise_refractory_readings)
     assert s[:change].max() < 0.5
 
 
@@ -164,3 +168,104 @@ def test_replay_of_many_single_series_files_equals_one_by_one(tmp_path: Path) ->
         [(s1, o1, a1)] = replay_files([p], "nab", cfg)
         assert stamps == s1 and np.array_equal(onset, o1) and np.array_equal(active, a1)
     assert all(o.max() > 0 for _, o, _ in together)  # every shift found
+
+
+def _engine_run(x: np.ndarray, step_ms: int, device: str = "pump-01",
+                cfg: DetectSettings | None = None) -> tuple[list[Emitted], np.ndarray]:
+    engine = Engine(cfg or DetectSettings(models=False))
+    sid = engine.series("s", device, "flow_l_min")
+    ts = T0 + np.arange(len(x), dtype=np.int64) * step_ms
+    return engine.process(np.full(len(x), sid, np.int64), ts, x), ts
+
+
+def test_shift_finds_a_small_lasting_shift_that_no_single_reading_shows() -> None:
+    """A valve sticks half-closed: the flow drops by 1.5 sd for 400 readings (1-s data, as
+    SKAB's valve rig records). No reading leaves the baseline's band; the EWMA chart opens
+    one anomaly within a minute, holds it while the flow stays low, and it clears within
+    ``clear_after_intervals`` readings of the flow coming back (not the 2-min wall clock)."""
+    rng = np.random.default_rng(11)
+    x = 32 + rng.normal(0, 0.4, 1600)
+    x[1000:1400] -= 0.6
+    # 27 minutes of data: the chart's day of warm-up (for a building's daily rhythm) is off
+    events, ts = _engine_run(x, 1000, cfg=DetectSettings(models=False, shift_warmup_s=0))
+    opens = [e for e in events if e.anomaly.state == "open"]
+    clears = [e for e in events if e.anomaly.state == "cleared"]
+    assert len(opens) == 1 and len(clears) == 1, [(e.anomaly.state, e.anomaly.detectors) for e in events]
+    a = opens[0].anomaly
+    assert a.detectors == ("shift",) and a.fault == "flow_l_min_shifted_low"
+    assert ts[1000] <= a.started_ms <= ts[1060]
+    assert "lasting shift" in a.summary and "falling" not in a.summary
+    cleared = clears[0].anomaly.ts_ms
+    assert ts[1400] <= cleared <= ts[1400] + 60_000  # back to normal: the chart needs ~2/λ readings
+
+
+def test_shift_rarely_fires_on_noise_of_any_kind() -> None:
+    """Onsets per 10,000 readings of stationary noise: white, heavy-tailed (Student t3) and
+    autocorrelated (AR(1), φ = 0.9, as slow temperatures are), 10 series of each."""
+    rng = np.random.default_rng(3)
+    n, k = 6000, 10
+    white = rng.normal(0, 1, (n, k))
+    heavy = rng.standard_t(3, (n, k))
+    ar = np.zeros((n, k))
+    e = rng.normal(0, 1, (n, k))
+    for t in range(1, n):
+        ar[t] = 0.9 * ar[t - 1] + e[t]
+    rates = []
+    for x in (white, heavy, ar):
+        cfg = DetectSettings()
+        base, shift = Baseline(cfg), Shift(cfg)
+        shift.link({"baseline": base})
+        onsets = 0
+        for sid in range(k):
+            base.add_series(sid, "equipment", "v")
+            shift.add_series(sid, "equipment", "v")
+        ids = np.arange(k, dtype=np.int64)
+        was = np.zeros(k, np.bool_)
+        for t in range(n):
+            b = Batch(ids, np.full(k, T0 + t * MIN, np.int64), 20 + x[t])
+            s0, s1 = base.score(b), shift.score(b)
+            fired = s1 >= 0.5
+            onsets += int((fired & ~was).sum())
+            was = fired
+            healthy = (s0 < 0.5) & ~fired
+            base.learn(b, healthy)
+            shift.learn(b, healthy)
+        rates.append(onsets / (k * (n - cfg.shift_warmup_readings)) * 1e4)
+    assert rates[0] < 1.0 and rates[1] < 2.0 and rates[2] < 3.0, rates  # measured 0.17, 0.17, 0.86
+
+
+def test_shift_follows_a_daily_cycle_once_the_baseline_knows_it() -> None:
+    """A chiller's supply temperature with a daily rhythm (15-min readings): the chart
+    averages deviations from the hour-of-day baseline, so the rhythm is no shift, and a day
+    that runs 3 sd of its noise warm throughout is."""
+    rng = np.random.default_rng(8)
+    step = 15 * MIN
+    k = np.arange(96 * 14)
+    hour = (k * step // 3_600_000) % 24
+    x = np.where((hour >= 8) & (hour < 18), 7.0, 9.0) + rng.normal(0, 0.3, len(k))
+    x[96 * 11 : 96 * 12] += 0.9
+    events, ts = _engine_run(x, step, "chiller-01")
+    shifts = [e.anomaly for e in events if e.anomaly.state == "open" and e.anomaly.detectors[0] == "shift"]
+    normal = [a for a in shifts if ts[96 * 4] <= a.started_ms < ts[96 * 11]]
+    assert not normal, [a.summary for a in normal]
+    assert any(ts[96 * 11] <= a.started_ms < ts[96 * 12] for a in shifts)
+
+
+def test_skab_replay_arms_the_chart_after_the_training_rows(tmp_path: Path) -> None:
+    """SKAB's protocol: 20 minutes at 1 s, the first 400 rows for training. The replay's
+    chart arms after them (not after the fleet's day) and finds the flow that drops by
+    1.5 sd for 400 rows, marking it while it lasts."""
+    rng = np.random.default_rng(13)
+    n = 1150
+    flow = 32 + rng.normal(0, 0.4, n)
+    flow[575:975] -= 0.6
+    temp = 70 + np.cumsum(rng.normal(0, 0.02, n))
+    rows = ["datetime;Temperature;Volume Flow RateRMS;anomaly;changepoint"]
+    t0 = datetime(2020, 3, 9, 10, 34, 33)
+    rows += [f"{t0 + timedelta(seconds=k):%Y-%m-%d %H:%M:%S};{temp[k]:.4f};{flow[k]:.4f};0;0"
+             for k in range(n)]
+    path = tmp_path / "1.csv"
+    path.write_text("\n".join(rows) + "\n")
+    [(_, onset, active)] = replay_files([path], "skab", protocol("skab", DetectSettings()))
+    assert active[:575].sum() == 0 and onset[575:640].max() > 0
+    assert active[575:975].mean() > 0.8 and active[1000:].sum() == 0

@@ -281,15 +281,20 @@ def test_ingest_killed_and_restarted_loses_nothing(rig: Rig) -> None:
 class Tap:
     """Collects telemetry and health of one site from a broker."""
 
-    def __init__(self, port: int, site: str) -> None:
+    def __init__(self, port: int, site: str, client_id: str | None = None) -> None:
         self.telemetry: list[tuple[str, Any]] = []
         self.health: list[AgentHealth] = []
         self.lock = threading.Lock()
-        self.client = make_client(MqttSettings(port=port), f"tap-{uuid.uuid4().hex[:6]}")
+        # A named tap keeps its session (and what the broker queued for it) across reconnects.
+        self.client = make_client(MqttSettings(port=port), client_id or f"tap-{uuid.uuid4().hex[:6]}",
+                                  clean_session=client_id is None)
         self.client.on_message = self._on_message
+        self.subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_args: self.subscribed.set()
         self.client.connect("127.0.0.1", port)
         self.client.subscribe([(telemetry_filter(site), 1), (health_filter(site), 1)])
         self.client.loop_start()
+        assert self.subscribed.wait(10), "the tap's subscription was not acknowledged"
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self.lock:
@@ -332,9 +337,18 @@ def test_outbox_at_its_bound_drops_the_oldest_first_and_reports_the_count(tmp_pa
             except sqlite3.Error:
                 return 0
 
+        # The tap must be subscribed before the agent reaches the broker, or the replay can be
+        # over before it listens: it subscribes on a persistent session first, on a port the
+        # agent does not know, and the broker keeps that session when it moves to the agent's.
+        folder = tmp_path / "mosquitto"
+        lines = ["max_queued_messages 100000", "persistence true", f"persistence_location {folder}/"]
+        _h, early = start_mosquitto(folder, lines)
+        Tap(_h.port, site, client_id="tap-bound").close()
+        early.terminate()
+        early.wait(10)
         wait_until(lambda: numbered() >= 600, 30, "600 messages numbered")  # no broker: a bound of 300
-        _h, broker = start_mosquitto(tmp_path / "mosquitto", ["max_queued_messages 100000"], port=port)
-        tap = Tap(port, site)
+        _h, broker = start_mosquitto(folder, lines, port=port)
+        tap = Tap(port, site, client_id="tap-bound")
         t = tap
         wait_until(
             lambda: any(m.historical for _, m in t.telemetry) and bool(t.health),
