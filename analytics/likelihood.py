@@ -116,7 +116,10 @@ class Surprise:
         # Gaussian, and a tail probability read from their sd would fire ~5 times as often
         z = np.where(self._n[i] >= 10, np.log1p(np.minimum(z, self.ERR_CAP)), 0.0)
         short = self._short[i] + self.SHORT * (z - self._short[i])
-        lik = (short - self._lmean[i]) / np.maximum(np.sqrt(self._lvar[i]), 1e-6)
+        # the spread has a floor: a quantised, nearly constant series (a battery on float
+        # charge) has almost no spread of surprise, and a flicker of its last digit would be
+        # "many sd" (on white noise the spread is about 0.09, so the floor costs nothing there)
+        lik = (short - self._lmean[i]) / np.maximum(np.sqrt(self._lvar[i]), self.cfg.surprise_min_sd)
         ready = (self._n[i] >= self.cfg.surprise_warmup_readings) & (
             b.ts - self._first[i] >= self.cfg.surprise_warmup_s * 1000)
         # a counter (running hours, energy, trips) never goes down: its level always lags

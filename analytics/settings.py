@@ -201,6 +201,7 @@ class DetectSettings(BaseModel):
     # fires; on white noise about once in 15,000 readings at 3.5, on heavy-tailed (Student t3)
     # noise once in 2,000 (tests measure both)
     surprise_limit: float = Field(3.5, gt=0)
+    surprise_min_sd: float = Field(0.05, gt=0)  # floor of that sd (log units of the error scale)
     surprise_refractory_readings: int = Field(100, ge=0, le=30_000)  # silence after firing
     # its usual must cover a day (the daily cycle, the 8 a.m. start) and enough readings
     # before it may fire; HTM holds its likelihood back for a probation period likewise

@@ -80,7 +80,8 @@ def write_config(
 
 def outbox_query(path: Path, sql: str) -> int:
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
-        return int(db.execute(sql).fetchone()[0] or 0)
+        row = db.execute(sql).fetchone()  # None before the agent has written the row
+        return int(row[0] or 0) if row is not None else 0
 
 
 class Rig:
