@@ -195,6 +195,14 @@ class Baseline:
         mean, sd, seasonal, bucket = self._expected(b)
         return (b.x - mean) / sd, ~seasonal | (bucket == self._bucket(b.ts))
 
+    def seen_count(self, sid: I64) -> I64:
+        """Readings of each series learnt so far."""
+        return self._n[sid].astype(np.int64)
+
+    def first_ts(self, sid: I64) -> I64:
+        """Edge time of each series' first reading (0 before it has one)."""
+        return self._first[sid]
+
     def score(self, b: Batch) -> F64:
         signed, own = self.deviations(b)
         self._seen: tuple[Batch, F64, B] = (b, signed, own)  # for learn() and shift: computed once

@@ -118,10 +118,11 @@ class Engine:
         self.detectors: list[Detector] = [cls(cfg) for cls in DETECTORS.values()]  # type: ignore[call-arg]
         self._names = list(DETECTORS)
         # a detector that builds on another's state (shift on baseline) is handed the others
+        by_name = dict(zip(self._names, self.detectors, strict=True))
         for d in self.detectors:
             link = getattr(d, "link", None)
             if link is not None:
-                link(dict(zip(self._names, self.detectors, strict=True)))
+                link(by_name)
         # how much one firing reading of each detector counts towards opening an anomaly: a
         # detector whose score already summarises many readings (EVIDENCE 2) opens at once
         self._evidence = np.array([float(getattr(cls, "EVIDENCE", 1.0)) for cls in DETECTORS.values()])

@@ -61,19 +61,21 @@ class Shift:
         self._baseline = baseline
 
     def add_series(self, sid: int, kind: str, metric: str) -> None:
-        if not hasattr(self, "_n"):
-            self._n = np.zeros(0, np.int32)
+        if not hasattr(self, "_e"):
+            # how many readings and since when come from the baseline: the same series, the
+            # same readings (kept once)
             self._e = np.zeros(0, np.float32)  # the chart
             self._ve = np.zeros(0, np.float32)  # its mean square while healthy
             self._on = np.zeros(0, np.bool_)
-            self._first = np.zeros(0, np.int64)
         n = sid + 1
-        for name, fill in (("_n", 0), ("_e", 0.0), ("_ve", 0.0), ("_on", False), ("_first", 0)):
+        for name, fill in (("_e", 0.0), ("_ve", 0.0), ("_on", False)):
             setattr(self, name, _grow(getattr(self, name), n, fill))
 
-    def _step(self, b: Batch) -> tuple[F64, F64]:
-        """(new chart value, ratio |chart| / limit — 0 while warming up)."""
+    def _step(self, b: Batch) -> tuple[F64, F64, F64]:
+        """(new chart value, ratio |chart| / limit — 0 while warming up, learning rate), from
+        the state before ``b``: the baseline's count and first time are read before it learns."""
         i = b.sid
+        n = self._baseline.seen_count(i)
         lam = self.cfg.shift_lambda
         z, own = self._baseline.deviations(b)
         # a reading judged against a borrowed hour (the first weekend) is no evidence either
@@ -84,14 +86,15 @@ class Shift:
         limit = self.cfg.shift_limit * np.maximum(np.sqrt(self._ve[i].astype(np.float64)), floor)
         limit = np.maximum(limit, self.cfg.shift_min_sd)
         limit = np.where(self._on[i], self.HYSTERESIS * limit, limit)
-        ready = (self._n[i] >= self.cfg.shift_warmup_readings) & (
-            b.ts - self._first[i] >= self.cfg.shift_warmup_s * 1000) & own
+        ready = (n >= self.cfg.shift_warmup_readings) & (
+            b.ts - self._baseline.first_ts(i) >= self.cfg.shift_warmup_s * 1000) & own
         ratio = np.where(ready, np.abs(e) / limit, 0.0)
-        return e, ratio
+        rate = np.maximum(1.0 / (n + 1), 1.0 / self.cfg.baseline_readings)
+        return e, ratio, rate
 
     def score(self, b: Batch) -> F64:
-        e, ratio = self._step(b)
-        self._seen = (b, e, ratio)
+        e, ratio, rate = self._step(b)
+        self._seen = (b, e, ratio, rate)
         # 0.5 exactly at the limit
         return ratio / (ratio + 1.0)
 
@@ -106,19 +109,19 @@ class Shift:
 
     def learn(self, b: Batch, healthy: B) -> None:
         seen = self.__dict__.pop("_seen", None)
-        e, ratio = (seen[1], seen[2]) if seen is not None and seen[0] is b else self._step(b)
+        # always what score() saw: the engine scores every batch before it learns, and the
+        # baseline has learnt this batch by now, so recomputing would read its next state
+        if seen is None or seen[0] is not b:
+            raise RuntimeError("shift.learn() without score() of the same batch")
+        _, e, ratio, rate = seen
         i = b.sid
         on = ratio >= 1.0
-        n = self._n[i]
-        rate = np.maximum(1.0 / (n + 1), 1.0 / self.cfg.baseline_readings)
         # the chart's own spread is learnt from healthy readings within LEARN_BELOW of its
         # limit, so a shift that builds up slowly cannot widen the limit ahead of itself
         quiet = (ratio < self.LEARN_BELOW) & healthy
         self._ve[i] = np.where(quiet, self._ve[i] + rate * (e * e - self._ve[i]), self._ve[i])
         self._e[i] = e
         self._on[i] = on
-        self._first[i] = np.where(n == 0, b.ts, self._first[i])
-        self._n[i] = np.minimum(n + 1, 2_000_000_000)
 
     def nbytes(self) -> int:
         return _nbytes(self)
