@@ -105,6 +105,14 @@ def _duration(ms: float) -> str:
     return f"{s / 86400:.1f} days"
 
 
+def season_bucket(ts: I64, utc_offset_h: float) -> I64:
+    """Hour of day x (weekday, weekend) in local time: 0 … SEASON_BUCKETS - 1."""
+    local = ts + int(utc_offset_h * HOUR_MS)
+    hour = (local // HOUR_MS) % 24
+    weekend = ((local // DAY_MS + 3) % 7) >= 5  # 1970-01-01 was a Thursday
+    return (hour * 2 + weekend).astype(np.int64)
+
+
 def z_score(z: F64, z_fire: float) -> F64:
     """Deviations to a score in [0, 1): 0.5 exactly at ``z_fire``, monotone."""
     z = np.maximum(z, 0.0)
@@ -163,10 +171,7 @@ class Baseline:
         self._above = _grow(self._above, n, False)  # type: ignore[assignment]
 
     def _bucket(self, ts: I64) -> I64:
-        local = ts + int(self.cfg.utc_offset_h * HOUR_MS)
-        hour = (local // HOUR_MS) % 24
-        weekend = ((local // DAY_MS + 3) % 7) >= 5  # 1970-01-01 was a Thursday
-        return (hour * 2 + weekend).astype(np.int64)
+        return season_bucket(ts, self.cfg.utc_offset_h)
 
     def _expected(self, b: Batch) -> tuple[F64, F64, B, I64]:
         i, bucket = b.sid, self._bucket(b.ts)

@@ -35,7 +35,6 @@ import numpy as np
 from analytics.detectors import (
     DAY_MS,
     F64,
-    HOUR_MS,
     I64,
     SEASON_BUCKETS,
     B,
@@ -44,6 +43,7 @@ from analytics.detectors import (
     _fmt,
     _grow,
     _nbytes,
+    season_bucket,
 )
 from analytics.settings import DetectSettings
 
@@ -94,10 +94,7 @@ class Surprise:
             setattr(self, name, _grow(getattr(self, name), n, fill))
 
     def _bucket(self, ts: I64) -> I64:
-        local = ts + int(self.cfg.utc_offset_h * HOUR_MS)
-        hour = (local // HOUR_MS) % 24
-        weekend = ((local // DAY_MS + 3) % 7) >= 5  # 1970-01-01 was a Thursday
-        return (hour * 2 + weekend).astype(np.int64)
+        return season_bucket(ts, self.cfg.utc_offset_h)
 
     def _step(self, b: Batch) -> tuple[F64, F64, F64, B, I64]:
         """(likelihood, prediction error, new short-term surprise, seasonal?, own bucket)."""
